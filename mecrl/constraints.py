@@ -1,0 +1,155 @@
+"""Hard constraints of placement: runtime, isolation, trust zones, capacity.
+
+Constraints are never penalties: they remove sites from the action mask,
+and the backends refuse a placement that breaks them even if asked.
+
+Static rules depend only on a service's class and a site: the site offers
+the class's runtime, lies in an allowed zone, can hold the service alone,
+and for a ``dedicated`` service hosts no background workloads of other
+tenants (background workloads count as shared runc services). A move is
+also refused between zones marked untrusted to each other.
+
+Dynamic rules depend on the other services placed: capacity left, and the
+``dedicated`` rule that no two services of different tenants share a host
+when either is dedicated, unless both run in Kata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from mecrl.runtimes import KATA
+from mecrl.services import DEDICATED, ServiceClasses
+from mecrl.sites import SiteTable
+
+N_CATEGORIES = 4
+"""Co-residency categories: runtime (runc, kata) x (shared, dedicated)."""
+
+RUNC_SHARED = 0
+
+
+def category(classes: ServiceClasses) -> np.ndarray:
+    """Return the co-residency category code of each class."""
+    kata = (classes.runtime == KATA).astype(np.int64)
+    dedicated = (classes.isolation == DEDICATED).astype(np.int64)
+    return 2 * kata + dedicated
+
+
+def _conflict_matrix() -> np.ndarray:
+    """(4, 4) whether categories of two different tenants may not share."""
+    codes = np.arange(N_CATEGORIES)
+    kata, dedicated = codes // 2 == 1, codes % 2 == 1
+    either_dedicated = dedicated[:, None] | dedicated[None, :]
+    both_kata = kata[:, None] & kata[None, :]
+    return either_dedicated & ~both_kata
+
+
+CONFLICTS = _conflict_matrix()
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Feasibility rules of one scenario's sites and service classes."""
+
+    sites: SiteTable
+    classes: ServiceClasses
+
+    @cached_property
+    def categories(self) -> np.ndarray:
+        """(C,) co-residency category of each class."""
+        return category(self.classes)
+
+    @cached_property
+    def static(self) -> np.ndarray:
+        """(C, M) static feasibility of each class at each site."""
+        sites, classes = self.sites, self.classes
+        runtime_ok = sites.runtimes[:, classes.runtime].T
+        zone_ok = classes.allowed_zone[:, sites.zone]
+        fits = (classes.cpu_cores[:, None] <= sites.cpu_cores[None, :]) & (
+            classes.memory_mb[:, None] <= sites.memory_mb[None, :]
+        )
+        alone = ~(
+            (classes.isolation == DEDICATED)[:, None]
+            & (sites.background_tenants > 0)[None, :]
+        )
+        # a kata dedicated service still conflicts with background runc work
+        return np.asarray(runtime_ok & zone_ok & fits & alone, dtype=bool)
+
+    def move_allowed(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Return whether state may move from ``source`` to ``target`` sites."""
+        zone = self.sites.zone
+        allowed: np.ndarray = ~self.sites.untrusted[zone[source], zone[target]]
+        return allowed
+
+    def feasible(
+        self, cls: np.ndarray, current: np.ndarray, target: np.ndarray
+    ) -> np.ndarray:
+        """Return whether each service may run at ``target`` next slot.
+
+        Only static and zone rules; see :class:`Occupancy` for the dynamic
+        ones. Staying put is always feasible. Arguments broadcast.
+        """
+        ok = self.static[cls, target] & self.move_allowed(current, target)
+        return np.asarray(ok | (target == current), dtype=bool)
+
+
+@dataclass
+class Occupancy:
+    """What runs where: capacity used and co-residents per tenant category.
+
+    Args:
+        constraints: The scenario's rules.
+        n_tenants: Number of tenants in the scenario.
+    """
+
+    constraints: Constraints
+    n_tenants: int
+
+    def __post_init__(self) -> None:
+        n_sites = self.constraints.sites.n_sites
+        self.cpu_used = np.zeros(n_sites)
+        self.memory_used = np.zeros(n_sites)
+        self.counts = np.zeros((n_sites, self.n_tenants, N_CATEGORIES), np.int64)
+        self.totals = np.zeros((n_sites, N_CATEGORIES), np.int64)
+        self.totals[:, RUNC_SHARED] = self.constraints.sites.background_tenants
+
+    def add(self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray) -> None:
+        """Record services of ``cls`` and ``tenant`` as running at ``site``."""
+        self._update(cls, tenant, site, 1)
+
+    def remove(self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray) -> None:
+        """Record services as no longer running at ``site``."""
+        self._update(cls, tenant, site, -1)
+
+    def _update(
+        self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray, sign: int
+    ) -> None:
+        classes = self.constraints.classes
+        cat = self.constraints.categories[cls]
+        np.add.at(self.cpu_used, site, sign * classes.cpu_cores[cls])
+        np.add.at(self.memory_used, site, sign * classes.memory_mb[cls])
+        np.add.at(self.counts, (site, tenant, cat), sign)
+        np.add.at(self.totals, (site, cat), sign)
+
+    def foreign(self, tenant: np.ndarray, site: np.ndarray) -> np.ndarray:
+        """Return (..., 4) counts of other tenants' workloads at ``site``."""
+        foreign: np.ndarray = self.totals[site] - self.counts[site, tenant]
+        return foreign
+
+    def admits(
+        self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray
+    ) -> np.ndarray:
+        """Return whether ``site`` has room and no conflicting co-resident.
+
+        For services not yet counted at ``site``; arguments broadcast.
+        """
+        classes, sites = self.constraints.classes, self.constraints.sites
+        room = (
+            self.cpu_used[site] + classes.cpu_cores[cls] <= sites.cpu_cores[site]
+        ) & (self.memory_used[site] + classes.memory_mb[cls] <= sites.memory_mb[site])
+        conflicts = CONFLICTS[self.constraints.categories[cls]]
+        clash = np.einsum("...c,...c->...", self.foreign(tenant, site), conflicts)
+        return np.asarray(room & (clash == 0), dtype=bool)

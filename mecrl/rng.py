@@ -1,0 +1,199 @@
+"""Counter-based random numbers, one independent stream per user.
+
+A simulation of many users must give each user the same random history
+whatever else is simulated alongside it: the one-service environment then
+reproduces exactly service ``n`` of a large fleet, and a fleet can grow or be
+split across workers without changing anyone's trajectory. A sequential
+generator cannot promise this, because a user's draws depend on how many were
+taken before it. Here every number is a pure function of
+``(key, user, slot, j)`` instead, computed with the SplitMix64 finaliser in
+NumPy ``uint64`` arithmetic, so a whole fleet is drawn in a few array
+operations.
+
+Streams are separated by construction: ``key`` names an experiment (derive it
+from a seeded generator with :func:`derive_key`), ``slot`` is the time step and
+``j`` the index of a draw within the slot. :func:`uniforms` and
+:func:`normals` hash into different domains, so using both with the same
+arguments gives independent numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import numpy.typing as npt
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MUL1 = 0xBF58476D1CE4E5B9
+_MUL2 = 0x94D049BB133111EB
+
+_GOLDEN_U64 = np.uint64(_GOLDEN)
+_MUL1_U64 = np.uint64(_MUL1)
+_MUL2_U64 = np.uint64(_MUL2)
+_SHIFT30 = np.uint64(30)
+_SHIFT27 = np.uint64(27)
+_SHIFT31 = np.uint64(31)
+_SHIFT11 = np.uint64(11)
+_TWO_TO_MINUS_53 = 2.0**-53
+
+_UNIFORM_DOMAIN = 0
+_NORMAL_DOMAIN = 1
+
+
+def uniforms(
+    key: int, users: npt.ArrayLike, slot: int, count: int
+) -> npt.NDArray[np.float64]:
+    """Return ``count`` uniform draws in [0, 1) for each user at one slot.
+
+    Entry ``[i, j]`` depends only on ``(key, users[i], slot, j)``: the same
+    user gets the same numbers whether it is drawn alone or among thousands,
+    and draw ``j`` does not change when ``count`` grows.
+
+    Args:
+        key: Experiment key, an integer in [0, 2**64).
+        users: One-dimensional array of non-negative integer user ids.
+        slot: Non-negative time slot.
+        count: Number of draws per user, at least 1.
+
+    Returns:
+        Array of shape ``(len(users), count)`` with 53-bit uniform floats.
+
+    Raises:
+        ValueError: If an argument is out of range or ``users`` is not a
+            one-dimensional integer array.
+    """
+    bits = _hashed_bits(key, users, slot, count, _UNIFORM_DOMAIN)
+    return _to_unit_interval(bits)
+
+
+def normals(
+    key: int, users: npt.ArrayLike, slot: int, count: int
+) -> npt.NDArray[np.float64]:
+    """Return ``count`` standard normal draws for each user at one slot.
+
+    Draws come in Box-Muller pairs (draws ``2k`` and ``2k + 1`` share two
+    uniforms), and like :func:`uniforms` each entry depends only on
+    ``(key, users[i], slot, j)``. They are independent of the uniforms drawn
+    with the same arguments.
+
+    Args:
+        key: Experiment key, an integer in [0, 2**64).
+        users: One-dimensional array of non-negative integer user ids.
+        slot: Non-negative time slot.
+        count: Number of draws per user, at least 1.
+
+    Returns:
+        Array of shape ``(len(users), count)``.
+
+    Raises:
+        ValueError: If an argument is out of range or ``users`` is not a
+            one-dimensional integer array.
+    """
+    _check_count(count)
+    pairs = (count + 1) // 2
+    bits = _hashed_bits(key, users, slot, 2 * pairs, _NORMAL_DOMAIN)
+    unit = _to_unit_interval(bits).reshape(len(bits), pairs, 2)
+
+    # 1 - u lies in (0, 1], so the logarithm stays finite.
+    radius = np.sqrt(-2.0 * np.log1p(-unit[:, :, 0]))
+    angle = (2.0 * math.pi) * unit[:, :, 1]
+    paired = np.stack((radius * np.cos(angle), radius * np.sin(angle)), axis=-1)
+    return paired.reshape(len(bits), 2 * pairs)[:, :count]
+
+
+def derive_key(generator: np.random.Generator) -> int:
+    """Draw a 63-bit key for :func:`uniforms` and :func:`normals`.
+
+    Args:
+        generator: The seeded generator that owns an experiment's randomness.
+
+    Returns:
+        An integer in [0, 2**63).
+    """
+    return int(generator.integers(0, 2**63, dtype=np.int64))
+
+
+def _hashed_bits(
+    key: int, users: npt.ArrayLike, slot: int, count: int, domain: int
+) -> npt.NDArray[np.uint64]:
+    """Return 64 hashed bits for every (user, draw) pair of one slot."""
+    _check_count(count)
+    ids = _user_ids(users)
+    prefix = _hash_words(_check_word(key, "key"), domain, _check_word(slot, "slot"))
+    offsets = np.array(
+        [_hash_words(prefix, j) for j in range(count)], dtype=np.uint64
+    )
+
+    # Each draw j is a SplitMix64 sequence indexed by user id and started at
+    # a hashed offset, so users of one draw never share an input word.
+    with np.errstate(over="ignore"):
+        ids *= _GOLDEN_U64
+        return _mix_array(ids[:, None] + offsets)
+
+
+def _mix_array(state: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Apply the SplitMix64 finaliser in place (``uint64`` wraps by design)."""
+    # One scratch array instead of a temporary per shift: fresh large
+    # allocations cost page faults that dominate the arithmetic.
+    scratch = np.empty_like(state)
+    for shift, multiplier in ((_SHIFT30, _MUL1_U64), (_SHIFT27, _MUL2_U64)):
+        np.right_shift(state, shift, out=scratch)
+        state ^= scratch
+        state *= multiplier
+    np.right_shift(state, _SHIFT31, out=scratch)
+    state ^= scratch
+    return state
+
+
+def _to_unit_interval(bits: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+    """Map 64-bit words to floats in [0, 1) through their top 53 bits."""
+    bits >>= _SHIFT11
+    return np.multiply(bits, _TWO_TO_MINUS_53, dtype=np.float64)
+
+
+def _mix_int(value: int) -> int:
+    """SplitMix64 finaliser on a Python integer."""
+    value &= _MASK64
+    value = ((value ^ (value >> 30)) * _MUL1) & _MASK64
+    value = ((value ^ (value >> 27)) * _MUL2) & _MASK64
+    return value ^ (value >> 31)
+
+
+def _hash_words(*words: int) -> int:
+    """Hash a sequence of 64-bit words into one; each step is a bijection."""
+    state = 0
+    for word in words:
+        state = _mix_int((state ^ word) + _GOLDEN)
+    return state
+
+
+def _user_ids(users: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    ids = np.asarray(users)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError(
+            f"users must be a one-dimensional integer array, got dtype "
+            f"{ids.dtype} with shape {ids.shape}"
+        )
+    if ids.dtype.kind == "i" and ids.size and ids.min() < 0:
+        raise ValueError("users must be non-negative ids")
+    return ids.astype(np.uint64)
+
+
+def _check_word(value: int, name: str) -> int:
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if not 0 <= number <= _MASK64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {number}")
+    return number
+
+
+def _check_count(count: int) -> None:
+    if isinstance(count, bool) or not isinstance(count, int | np.integer):
+        raise ValueError(f"count must be an integer, got {count!r}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
