@@ -66,7 +66,7 @@ def uniforms(
             one-dimensional integer array.
     """
     bits = _hashed_bits(key, users, slot, count, _UNIFORM_DOMAIN)
-    return _to_unit_interval(bits)
+    return _to_unit_interval(bits).T
 
 
 def normals(
@@ -94,14 +94,17 @@ def normals(
     """
     _check_count(count)
     pairs = (count + 1) // 2
-    bits = _hashed_bits(key, users, slot, 2 * pairs, _NORMAL_DOMAIN)
-    unit = _to_unit_interval(bits).reshape(len(bits), pairs, 2)
+    unit = _to_unit_interval(
+        _hashed_bits(key, users, slot, 2 * pairs, _NORMAL_DOMAIN)
+    )
 
     # 1 - u lies in (0, 1], so the logarithm stays finite.
-    radius = np.sqrt(-2.0 * np.log1p(-unit[:, :, 0]))
-    angle = (2.0 * math.pi) * unit[:, :, 1]
-    paired = np.stack((radius * np.cos(angle), radius * np.sin(angle)), axis=-1)
-    return paired.reshape(len(bits), 2 * pairs)[:, :count]
+    radius = np.sqrt(-2.0 * np.log1p(-unit[0::2]))
+    angle = (2.0 * math.pi) * unit[1::2]
+    drawn = np.empty_like(unit)
+    drawn[0::2] = radius * np.cos(angle)
+    drawn[1::2] = radius * np.sin(angle)
+    return drawn[:count].T
 
 
 def derive_key(generator: np.random.Generator) -> int:
@@ -119,7 +122,11 @@ def derive_key(generator: np.random.Generator) -> int:
 def _hashed_bits(
     key: int, users: npt.ArrayLike, slot: int, count: int, domain: int
 ) -> npt.NDArray[np.uint64]:
-    """Return 64 hashed bits for every (user, draw) pair of one slot."""
+    """Return 64 hashed bits for every draw (rows) and user (columns).
+
+    Draws are rows so that every array operation runs along the long user
+    axis; broadcasting along a short trailing axis is several times slower.
+    """
     _check_count(count)
     ids = _user_ids(users)
     prefix = _hash_words(_check_word(key, "key"), domain, _check_word(slot, "slot"))
@@ -131,7 +138,7 @@ def _hashed_bits(
     # a hashed offset, so users of one draw never share an input word.
     with np.errstate(over="ignore"):
         ids *= _GOLDEN_U64
-        return _mix_array(ids[:, None] + offsets)
+        return _mix_array(offsets[:, None] + ids)
 
 
 def _mix_array(state: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -151,7 +158,8 @@ def _mix_array(state: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 def _to_unit_interval(bits: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
     """Map 64-bit words to floats in [0, 1) through their top 53 bits."""
     bits >>= _SHIFT11
-    return np.multiply(bits, _TWO_TO_MINUS_53, dtype=np.float64)
+    # The shifted words fit in int64, whose conversion to float64 is faster.
+    return np.multiply(bits.view(np.int64), _TWO_TO_MINUS_53, dtype=np.float64)
 
 
 def _mix_int(value: int) -> int:

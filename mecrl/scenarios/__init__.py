@@ -1,0 +1,1 @@
+"""Built-in scenario configs, one YAML file per scenario."""

@@ -1,0 +1,281 @@
+"""Backends: what places services and reports the cost of each slot.
+
+A backend knows nothing of reinforcement learning. It holds where each
+service runs and where its user is, applies the placement decided for the
+slot (refusing any that breaks a hard constraint), reports every cost term,
+and moves the users on. The simulated backend does this with NumPy arrays
+over all services at once; a backend driving real hosts implements the same
+interface.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from mecrl.constraints import CONFLICTS, N_CATEGORIES, Occupancy
+from mecrl.costs import weighted_total
+from mecrl.problem import move_terms, placement_terms
+from mecrl.registry import Registry
+from mecrl.rng import uniforms
+from mecrl.scenario import Scenario
+
+logger = logging.getLogger(__name__)
+
+_SPAWN_DOMAIN = 0x5EED5EED5EED5EED
+"""Mixed into the episode key for drawing service classes and tenants, so
+those draws never coincide with the mobility source's."""
+
+
+@dataclass(frozen=True)
+class SlotResult:
+    """What one slot cost, one entry per service."""
+
+    terms: dict[str, np.ndarray]
+    """Raw value of every named cost term (see :mod:`mecrl.costs`)."""
+    cost: np.ndarray
+    """Weighted sum of the terms: minus the reward."""
+    refused: np.ndarray
+    """Whether the requested site broke a hard constraint (service stayed)."""
+    moved: np.ndarray
+    """Whether the service changed site."""
+
+
+class Backend(ABC):
+    """Places services slot by slot and reports what each slot cost."""
+
+    scenario: Scenario
+    slot: int
+    """Index of the slot about to be decided."""
+    cls: np.ndarray
+    """(N,) service class of each service."""
+    tenant: np.ndarray
+    """(N,) tenant of each service."""
+    site: np.ndarray
+    """(N,) where each service runs now (before this slot's decision)."""
+    access: np.ndarray
+    """(N,) the access site of each service's user in this slot."""
+
+    @abstractmethod
+    def reset(self, key: int, service_ids: np.ndarray) -> None:
+        """Start an episode with the services ``service_ids`` drawn from ``key``."""
+
+    @abstractmethod
+    def step(self, target: np.ndarray) -> SlotResult:
+        """Run this slot with each service at ``target``, then move users on."""
+
+    @abstractmethod
+    def admissible(self, candidates: np.ndarray) -> np.ndarray:
+        """Return (N, K) whether each service may be placed at each candidate."""
+
+
+BACKENDS: Registry[type[Backend]] = Registry("backend")
+
+
+def spawn_services(
+    scenario: Scenario, key: int, service_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the class and tenant of each service of an episode."""
+    draws = uniforms((key ^ _SPAWN_DOMAIN) & (2**64 - 1), service_ids, 0, 2)
+    return scenario.classes.draw(draws)
+
+
+@BACKENDS.register("simulated")
+class SimBackend(Backend):
+    """The vectorised simulator.
+
+    Args:
+        scenario: The built scenario.
+        coupled: Whether services share site capacity and see each other as
+            co-residents. Uncoupled, every service is its own problem, as in
+            the single-service environment and the solver export.
+    """
+
+    def __init__(self, scenario: Scenario, coupled: bool = True) -> None:
+        self.scenario = scenario
+        self.coupled = coupled
+        self.occupancy: Occupancy | None = None
+        self.slot = 0
+
+    @cached_property
+    def nearest_feasible(self) -> np.ndarray:
+        """(C, A, M) sites in order of latency from an access site, feasible
+        first, for each class; how many are feasible is in ``n_feasible``.
+        """
+        s = self.scenario
+        order = np.argsort(s.latency_ms, axis=1, kind="stable")
+        feasible = s.constraints.static[:, order]
+        ranked = np.argsort(~feasible, axis=2, kind="stable")
+        return np.take_along_axis(
+            np.broadcast_to(order, feasible.shape), ranked, axis=2
+        )
+
+    def reset(self, key: int, service_ids: np.ndarray) -> None:
+        """Start an episode: draw services and users, place services near users.
+
+        Raises:
+            ValueError: If some service fits at no site.
+        """
+        s = self.scenario
+        self.service_ids = np.asarray(service_ids, dtype=np.int64)
+        self.cls, self.tenant = spawn_services(s, key, self.service_ids)
+        self.mobility = s.make_mobility()
+        self.access = self.mobility.reset(key, self.service_ids)
+        self.slot = 0
+        if self.coupled:
+            self.occupancy = Occupancy(s.constraints, len(s.classes.tenant_names))
+            self.site = self._place_coupled()
+        else:
+            self.site = self._place_alone()
+
+    def _place_alone(self) -> np.ndarray:
+        s = self.scenario
+        first = self.nearest_feasible[self.cls, self.access, 0]
+        ok = s.constraints.static[self.cls, first]
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise ValueError(
+                f"service {self.service_ids[bad]} of class "
+                f"{s.classes.names[self.cls[bad]]!r} fits at no site"
+            )
+        return np.asarray(first, dtype=np.int64)
+
+    def _place_coupled(self) -> np.ndarray:
+        """Place each service at the nearest site with room, in id order."""
+        s, occupancy = self.scenario, self.occupancy
+        assert occupancy is not None  # set by reset just before
+        site = np.full(len(self.cls), -1, dtype=np.int64)
+        for rank in range(s.n_sites):
+            waiting = np.flatnonzero(site < 0)
+            if waiting.size == 0:
+                break
+            target = self.nearest_feasible[
+                self.cls[waiting], self.access[waiting], rank
+            ]
+            ok = s.constraints.static[self.cls[waiting], target]
+            ok &= self._admit_together(waiting, target)
+            occupancy.add(self.cls[waiting[ok]], self.tenant[waiting[ok]], target[ok])
+            site[waiting[ok]] = target[ok]
+        if (site < 0).any():
+            raise ValueError(
+                f"the sites of scenario {s.config.name!r} cannot hold "
+                f"{len(site)} services: {(site < 0).sum()} found no room"
+            )
+        return site
+
+    def admissible(self, candidates: np.ndarray) -> np.ndarray:
+        """Return (N, K) whether each service may be placed at each candidate."""
+        c = self.cls[:, None]
+        here = self.site[:, None]
+        ok = self.scenario.constraints.feasible(c, here, candidates)
+        if self.occupancy is not None:
+            stays = candidates == here
+            ok &= stays | self.occupancy.admits(c, self.tenant[:, None], candidates)
+        return ok
+
+    def step(self, target: np.ndarray) -> SlotResult:
+        """Run this slot with each service at ``target``, then move users on.
+
+        A target that breaks a hard constraint is refused: the service stays.
+        """
+        target = np.asarray(target, dtype=np.int64)
+        if target.shape != self.site.shape:
+            raise ValueError(
+                f"target must have shape {self.site.shape}, got {target.shape}"
+            )
+        if ((target < 0) | (target >= self.scenario.n_sites)).any():
+            raise ValueError(f"target sites must lie in [0, {self.scenario.n_sites})")
+        previous = self.site
+        new_site = self._apply(target)
+        foreign = None
+        if self.occupancy is not None:
+            foreign = self.occupancy.foreign(self.tenant, new_site).sum(axis=-1)
+        terms = placement_terms(self.scenario, self.cls, self.access, new_site, foreign)
+        terms.update(move_terms(self.scenario, self.cls, previous, new_site))
+        cost = weighted_total(terms, self.scenario.config.costs.weights)
+        self.site = new_site
+        self.access = self.mobility.advance()
+        self.slot += 1
+        return SlotResult(
+            terms=terms,
+            cost=np.broadcast_to(cost, previous.shape),
+            refused=(target != new_site),
+            moved=(new_site != previous),
+        )
+
+    def _apply(self, target: np.ndarray) -> np.ndarray:
+        """Return the new placement: ``target`` where admissible, else stay."""
+        s = self.scenario
+        movers = np.flatnonzero(target != self.site)
+        if movers.size == 0:
+            return self.site
+        ok = s.constraints.feasible(self.cls[movers], self.site[movers], target[movers])
+        if self.occupancy is not None:
+            ok &= self._admit_together(movers, target[movers])
+            accepted = movers[ok]
+            c, t = self.cls[accepted], self.tenant[accepted]
+            self.occupancy.remove(c, t, self.site[accepted])
+            self.occupancy.add(c, t, target[accepted])
+        new_site = self.site.copy()
+        new_site[movers[ok]] = target[movers[ok]]
+        return new_site
+
+    def _admit_together(self, movers: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Return which movers fit at their targets, considering each other.
+
+        Movers are admitted in id order: a mover fits if the site has room
+        for it and every earlier mover to that site, and no earlier mover of
+        another tenant conflicts with it. Earlier movers that end up refused
+        still count, which refuses a little more than strictly needed but
+        never admits an infeasible placement.
+        """
+        occupancy, classes = self.occupancy, self.scenario.classes
+        assert occupancy is not None  # only called when coupled
+        cls, tenant = self.cls[movers], self.tenant[movers]
+        ok = occupancy.admits(cls, tenant, target)
+
+        # capacity: cumulative demand of movers to the same site, in order
+        order = np.lexsort((movers, target))
+        sorted_target = target[order]
+        sites = self.scenario.sites
+        for demand, used, capacity in (
+            (classes.cpu_cores[cls], occupancy.cpu_used, sites.cpu_cores),
+            (classes.memory_mb[cls], occupancy.memory_used, sites.memory_mb),
+        ):
+            cumulative = _group_cumsum(demand[order], sorted_target)
+            fits = used[sorted_target] + cumulative <= capacity[sorted_target]
+            ok[order[~fits]] = False
+
+        # co-residency: earlier movers of other tenants to the same site
+        category = self.scenario.constraints.categories[cls]
+        onehot = np.eye(N_CATEGORIES, dtype=np.int64)[category[order]]
+        before_all = _group_cumsum(onehot, sorted_target) - onehot
+        by_tenant = np.lexsort((movers, tenant, target))
+        onehot_t = np.eye(N_CATEGORIES, dtype=np.int64)[category[by_tenant]]
+        key = target[by_tenant] * (tenant.max() + 1) + tenant[by_tenant]
+        before_same = np.empty_like(before_all)
+        before_same_sorted = _group_cumsum(onehot_t, key) - onehot_t
+        position = np.empty(len(movers), dtype=np.int64)
+        position[order] = np.arange(len(movers))
+        before_same[position[by_tenant]] = before_same_sorted
+        foreign_before = before_all - before_same
+        clash = (foreign_before * CONFLICTS[category[order]]).sum(axis=1) > 0
+        ok[order[clash]] = False
+        return ok
+
+
+def _group_cumsum(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum of ``values`` restarting at each new group.
+
+    ``groups`` must be sorted so that equal groups are contiguous.
+    """
+    total = np.cumsum(values, axis=0)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    before = np.concatenate([np.zeros_like(total[:1]), total[:-1]])[starts]
+    lengths = np.diff(np.r_[starts, len(groups)])
+    result: np.ndarray = total - np.repeat(before, lengths, axis=0)
+    return result
