@@ -1,0 +1,1 @@
+"""Learned agents, baselines and oracles, behind one policy interface."""

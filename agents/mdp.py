@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-# Two decisions whose expected costs differ by less than this, relative to the
-# cost, count as tied: value iteration stops with values this far from exact, and
-# without the slack its ties would fall on either side at random.
+# Decisions within this relative slack of the cheapest count as tied. Value
+# iteration stops short of the exact values, so without the slack an exact tie
+# would fall on either side at random and the two solvers could disagree.
 _TIE_RTOL = 1e-9
 
 
@@ -462,9 +462,10 @@ def solve_value_iteration(
 
     values = np.zeros(chain.max_distance + 1)
     for sweep in range(1, max_iter + 1):
-        updated = _decision_costs(transitions, migration, costs, discount, values)
-        change = float(np.max(np.abs(updated.min(axis=1) - values)))
-        values = updated.min(axis=1)
+        decision = _decision_costs(transitions, migration, costs, discount, values)
+        updated = decision.min(axis=1)
+        change = float(np.max(np.abs(updated - values)))
+        values = updated
         if change <= tol:
             logger.debug("value iteration settled after %d sweeps", sweep)
             decision = _decision_costs(transitions, migration, costs, discount, values)
@@ -515,7 +516,8 @@ def solve_policy_iteration(
 class _RingRecurrence:
     """General solution of a threshold policy's values on the symmetric 1-D ring.
 
-    Between the boundaries the values obey ``b V(d) - g p (V(d + 1) + V(d - 1)) =
+    With ``g = discount``, ``p = move_prob / 2`` and ``b = 1 - g (1 - 2p)``, the
+    values between the boundaries obey ``b V(d) - g p (V(d + 1) + V(d - 1)) =
     const + scale * base**d``, whose solutions are ``constant + geometric *
     base**d + c1 * small_root**d + c2 * big_root**(d - anchor)``. Measuring the
     growing term from ``anchor``, the far boundary, keeps both terms at most 1.

@@ -194,9 +194,12 @@ class SimBackend(Backend):
         foreign = None
         if self.occupancy is not None:
             foreign = self.occupancy.foreign(self.tenant, new_site).sum(axis=-1)
+        weights = self.scenario.config.costs.weights
         terms = placement_terms(self.scenario, self.cls, self.access, new_site, foreign)
-        terms.update(move_terms(self.scenario, self.cls, previous, new_site))
-        cost = weighted_total(terms, self.scenario.config.costs.weights)
+        moves = move_terms(self.scenario, self.cls, previous, new_site)
+        # summed as placement part plus move part, exactly as the cost tables
+        cost = weighted_total(terms, weights) + weighted_total(moves, weights)
+        terms.update(moves)
         self.site = new_site
         self.access = self.mobility.advance()
         self.slot += 1

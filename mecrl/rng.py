@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -94,9 +95,7 @@ def normals(
     """
     _check_count(count)
     pairs = (count + 1) // 2
-    unit = _to_unit_interval(
-        _hashed_bits(key, users, slot, 2 * pairs, _NORMAL_DOMAIN)
-    )
+    unit = _to_unit_interval(_hashed_bits(key, users, slot, 2 * pairs, _NORMAL_DOMAIN))
 
     # 1 - u lies in (0, 1], so the logarithm stays finite.
     radius = np.sqrt(-2.0 * np.log1p(-unit[0::2]))
@@ -130,21 +129,22 @@ def _hashed_bits(
     _check_count(count)
     ids = _user_ids(users)
     prefix = _hash_words(_check_word(key, "key"), domain, _check_word(slot, "slot"))
-    offsets = np.array(
-        [_hash_words(prefix, j) for j in range(count)], dtype=np.uint64
-    )
+    offsets = np.array([_hash_words(prefix, j) for j in range(count)], dtype=np.uint64)
 
     # Each draw j is a SplitMix64 sequence indexed by user id and started at
     # a hashed offset, so users of one draw never share an input word.
+    state = np.empty((count, len(ids)), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        ids *= _GOLDEN_U64
-        return _mix_array(offsets[:, None] + ids)
+        np.multiply(ids, _GOLDEN_U64, out=state[0], dtype=np.uint64, casting="unsafe")
+        state[1:] = state[0]
+        state += offsets[:, None]
+        return _mix_array(state)
 
 
 def _mix_array(state: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """Apply the SplitMix64 finaliser in place (``uint64`` wraps by design)."""
-    # One scratch array instead of a temporary per shift: fresh large
-    # allocations cost page faults that dominate the arithmetic.
+    # Fresh large arrays cost page faults that can outweigh the arithmetic,
+    # so every step works in place or in one scratch array.
     scratch = np.empty_like(state)
     for shift, multiplier in ((_SHIFT30, _MUL1_U64), (_SHIFT27, _MUL2_U64)):
         np.right_shift(state, shift, out=scratch)
@@ -156,10 +156,12 @@ def _mix_array(state: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 
 
 def _to_unit_interval(bits: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
-    """Map 64-bit words to floats in [0, 1) through their top 53 bits."""
+    """Map 64-bit words, in place, to floats in [0, 1) from their top 53 bits."""
     bits >>= _SHIFT11
     # The shifted words fit in int64, whose conversion to float64 is faster.
-    return np.multiply(bits.view(np.int64), _TWO_TO_MINUS_53, dtype=np.float64)
+    unit = bits.view(np.float64)
+    np.multiply(bits.view(np.int64), _TWO_TO_MINUS_53, out=unit)
+    return unit
 
 
 def _mix_int(value: int) -> int:
@@ -178,7 +180,7 @@ def _hash_words(*words: int) -> int:
     return state
 
 
-def _user_ids(users: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+def _user_ids(users: npt.ArrayLike) -> npt.NDArray[np.integer[Any]]:
     ids = np.asarray(users)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise ValueError(
@@ -187,7 +189,7 @@ def _user_ids(users: npt.ArrayLike) -> npt.NDArray[np.uint64]:
         )
     if ids.dtype.kind == "i" and ids.size and ids.min() < 0:
         raise ValueError("users must be non-negative ids")
-    return ids.astype(np.uint64)
+    return ids
 
 
 def _check_word(value: int, name: str) -> int:

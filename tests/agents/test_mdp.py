@@ -53,7 +53,7 @@ def test_hex_chain_probabilities() -> None:
         chain.outward, [0.6, 0.3, 0.25, 0.6 * (1 / 3 + 1 / 18), 0]
     )
     np.testing.assert_allclose(
-        chain.inward, [0, 0.1, 0.15, 0.6 * (1 / 3 - 1 / 18), 0.6 * 0.25]
+        chain.inward, [0, 0.1, 0.15, 0.6 * (1 / 3 - 1 / 18), 0.6 * (1 / 3 - 1 / 24)]
     )
     assert chain.max_distance == 4
 

@@ -1,0 +1,136 @@
+"""The single-service environment: one user, one service, one decision a slot."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from mecrl.backend import SimBackend
+from mecrl.costs import TERM_NAMES
+from mecrl.envs.observation import FEATURE_CAP, CandidateView
+from mecrl.rng import derive_key
+from mecrl.scenario import Scenario, ScenarioConfig, load_scenario
+
+DEFAULT_SCENARIO = "city-grid"
+
+
+def resolve_scenario(scenario: str | ScenarioConfig | Scenario) -> Scenario:
+    """Return a built scenario from a name, a config file, a config or itself."""
+    if isinstance(scenario, Scenario):
+        return scenario
+    if isinstance(scenario, ScenarioConfig):
+        return Scenario(scenario)
+    return load_scenario(scenario)
+
+
+class MigrationEnv(gym.Env[np.ndarray, np.int64]):
+    """Decide, slot by slot, where one user's service runs.
+
+    | | |
+    |---|---|
+    | action | ``Discrete(K)``: candidate 0 stays, 1..K-1 move there |
+    | observation | ``Box(0, 100, (K * F + 1,))``: F features per candidate |
+    | | (see ``envs.observation.FEATURES``), then episode progress |
+    | reward | minus the weighted sum of the slot's cost terms |
+    | episode | truncated after ``episode_slots`` slots; never terminated |
+    | info | ``terms`` (every named term, raw units), ``cost``, ``moved``, |
+    | | ``refused``, ``site``, ``access`` |
+
+    Masked candidates (infeasible sites) must not be chosen; if one is, the
+    service stays and ``info["refused"]`` is true. ``action_masks()`` gives
+    the mask, as MaskablePPO expects.
+
+    Args:
+        scenario: Scenario name, config file, config or built scenario.
+        action_space: ``"candidates"`` (K nearest feasible sites) or
+            ``"sites"`` (one action per site, for small topologies).
+        render_mode: Unused; no rendering.
+
+    ``reset(options={"service": n})`` simulates service ``n`` of the
+    episode's population (default 0), the same service ``n`` that the fleet
+    environment and the solver export draw for the same seed.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self,
+        scenario: str | ScenarioConfig | Scenario = DEFAULT_SCENARIO,
+        action_space: str = "candidates",
+        render_mode: str | None = None,
+    ) -> None:
+        if action_space not in ("candidates", "sites"):
+            raise ValueError(
+                f"action_space must be 'candidates' or 'sites', got {action_space!r}"
+            )
+        self.scenario = resolve_scenario(scenario)
+        k = self.scenario.config.candidates if action_space == "candidates" else None
+        self.view = CandidateView(self.scenario, k)
+        self.layout = self.view.layout
+        self.backend = SimBackend(self.scenario, coupled=False)
+        self.action_space = spaces.Discrete(self.layout.n_candidates)
+        self.observation_space = spaces.Box(
+            0.0, FEATURE_CAP, (self.layout.size,), dtype=np.float32
+        )
+        self.render_mode = render_mode
+        self._sites = np.zeros((1, self.layout.n_candidates), dtype=np.int64)
+        self._mask = np.ones((1, self.layout.n_candidates), dtype=bool)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode for one service of the seeded population."""
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"service"}
+        if unknown:
+            raise ValueError(
+                f"unknown reset option {sorted(unknown)[0]!r}; valid: service"
+            )
+        service = int(options.get("service", 0))
+        if service < 0:
+            raise ValueError(f"option service must be >= 0, got {service}")
+        self.backend.reset(derive_key(self.np_random), np.array([service]))
+        return self._observe(), {
+            "site": int(self.backend.site[0]),
+            "access": int(self.backend.access[0]),
+        }
+
+    def step(
+        self, action: np.int64 | int
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Place the service at the chosen candidate for this slot."""
+        value = np.asarray(action)
+        k = self.layout.n_candidates
+        if value.shape != () or value.dtype.kind not in "iu" or not 0 <= value < k:
+            raise ValueError(f"action must be an integer in [0, {k}), got {action!r}")
+        target = self._sites[:, int(value)]
+        result = self.backend.step(target)
+        info = {
+            "terms": {name: float(result.terms[name][0]) for name in TERM_NAMES},
+            "cost": float(result.cost[0]),
+            "moved": bool(result.moved[0]),
+            "refused": bool(result.refused[0]),
+            "site": int(self.backend.site[0]),
+            "access": int(self.backend.access[0]),
+        }
+        truncated = self.backend.slot >= self.scenario.config.episode_slots
+        return self._observe(), -float(result.cost[0]), False, truncated, info
+
+    def action_masks(self) -> np.ndarray:
+        """Return which actions are feasible now."""
+        return self._mask[0].copy()
+
+    def candidate_sites(self) -> np.ndarray:
+        """Return the site behind each action now."""
+        return self._sites[0].copy()
+
+    def _observe(self) -> np.ndarray:
+        self._sites, self._mask = self.view.candidates(self.backend)
+        observation: np.ndarray = self.view.observe(
+            self.backend, self._sites, self._mask
+        )[0]
+        return observation
