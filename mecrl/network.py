@@ -279,11 +279,12 @@ def hex_topology(
     """A hexagonal grid of cells: a centre cell and ``rings`` rings around it.
 
     The grid has ``1 + 3 * rings * (rings + 1)`` cells. Cell 0 is the centre,
-    then come the cells of ring 1, ring 2 and so on, each ring walked
-    counter-clockwise. Adjacent cells are ``spacing_m`` apart and linked. The
-    movement table has one column per direction of :data:`HEX_DIRECTIONS`,
-    ``-1`` where the grid ends, as in the two-dimensional model of Wang et
-    al. (IEEE/ACM ToN, 2019).
+    then come the cells of ring 1, ring 2 and so on, each ring in walking
+    order from its corner in direction 4 of :data:`HEX_DIRECTIONS`, so
+    consecutive cells of a ring are adjacent. Adjacent cells are
+    ``spacing_m`` apart and linked. The movement table has one column per
+    direction of :data:`HEX_DIRECTIONS`, ``-1`` where the grid ends, as in
+    the two-dimensional model of Wang et al. (IEEE/ACM ToN, 2019).
 
     Args:
         rings: Number of rings around the centre cell, at least 0.

@@ -145,3 +145,4 @@ class CostTables:
             s, cls, np.arange(n)[None, :, None], np.arange(n)[None, None, :]
         )
         return terms["downtime"]
+
