@@ -11,6 +11,7 @@ calling :func:`check`, so the same rules hold for configs written in Python.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -184,6 +185,9 @@ def _convert_sequence(origin: Any, args: tuple[Any, ...], value: Any, path: str)
 
 def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1.0e6" (no sign in the exponent) as a string
+            value = _float_text(value, path)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(path, f"expected a number, got {value!r}")
         return float(value)
@@ -201,4 +205,14 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
         return value
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(path, f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _float_text(text: str, path: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(path, f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(path, f"expected a finite number, got {text!r}")
     return value

@@ -210,7 +210,10 @@ class Scenario:
     def make_mobility(self) -> MobilitySource:
         """Return a fresh instance of the scenario's mobility source."""
         factory = MOBILITY.get(self.config.mobility.kind)
-        source: MobilitySource = factory(self.topology, **self.config.mobility.params)
+        params = dict(self.config.mobility.params)
+        if "slot_s" in inspect.signature(factory).parameters:
+            params.setdefault("slot_s", self.config.slot_s)
+        source: MobilitySource = factory(self.topology, **params)
         return source
 
     @cached_property
