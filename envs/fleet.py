@@ -83,8 +83,8 @@ class FleetCore:
 
     def observe(self) -> np.ndarray:
         """Refresh candidates and masks; return the observations."""
-        self.sites, self.mask = self.view.candidates(self.backend)
-        return self.view.observe(self.backend, self.sites, self.mask)
+        self.sites, self.mask, observation = self.view.view(self.backend)
+        return observation
 
 
 def _terms_info(result: SlotResult) -> dict[str, Any]:

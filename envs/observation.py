@@ -1,21 +1,29 @@
 """Candidate sites and their features: what a policy sees of a service.
 
 The observation of one service is a fixed number ``K`` of candidate sites
-(candidate 0 is where the service runs now; the others are the feasible
-sites nearest the user), each described by the same features, plus the
-fraction of the episode elapsed. Features are relative (latency over the
-SLO, hops, downtime), so a policy trained on one topology can act on
-another. In the global variant the candidates are all sites, in site order.
+(candidate 0 is where the service runs now; the others are the statically
+feasible sites nearest the user, in order of latency), each described by
+the same features, plus the fraction of the episode elapsed. Features are
+relative (latency over the SLO, hops, downtime), so a policy trained on one
+topology can act on another. In the global variant the candidates are all
+sites, in site order.
+
+Everything but capacity and co-residency depends only on the service's
+class, its user's access site and its current site, so for scenarios of
+moderate size the candidates, masks and features are tabulated once per
+(class, access site, current site) and a step only gathers rows. Beyond
+``TABLE_BUDGET_MB`` they are computed each step instead, by the same code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from mecrl.backend import SimBackend
-from mecrl.problem import CostTables
+from mecrl.problem import cost_tables
 from mecrl.scenario import Scenario
 
 FEATURES: tuple[str, ...] = (
@@ -36,6 +44,12 @@ HOPS_SCALE = 10.0
 
 FEATURE_CAP = 100.0
 """Every feature is clipped to [0, FEATURE_CAP] to keep the space bounded."""
+
+TABLE_BUDGET_MB = 512.0
+"""Largest observation table built; bigger scenarios compute each step."""
+
+_LOAD = FEATURES.index("cpu_load")
+_FEASIBLE = FEATURES.index("feasible")
 
 
 @dataclass(frozen=True)
@@ -62,17 +76,35 @@ class ObservationLayout:
         return observation[..., -1]
 
 
+@dataclass(frozen=True)
+class StaticView:
+    """Candidates, static masks and features of a batch of services."""
+
+    sites: np.ndarray
+    """(N, K) candidate sites."""
+    mask: np.ndarray
+    """(N, K) whether the static and zone rules allow each candidate."""
+    features: np.ndarray
+    """(N, K * F) float32 features, zero for masked candidates."""
+
+
 class CandidateView:
     """Builds candidates, masks and observations for a backend's services.
 
     Args:
         scenario: The built scenario.
         n_candidates: K, or None for every site (the global variant).
+        table_budget_mb: Largest observation table to precompute.
     """
 
-    def __init__(self, scenario: Scenario, n_candidates: int | None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        n_candidates: int | None,
+        table_budget_mb: float = TABLE_BUDGET_MB,
+    ) -> None:
         self.scenario = scenario
-        self.tables = CostTables(scenario)
+        self.costs = cost_tables(scenario)
         self.global_sites = n_candidates is None
         k = scenario.n_sites if n_candidates is None else n_candidates
         if not 2 <= k <= scenario.n_sites:
@@ -81,20 +113,43 @@ class CandidateView:
                 f"{scenario.config.name!r}, got {k}"
             )
         self.layout = ObservationLayout(k)
-        # enough nearest sites that K - 1 admissible ones are usually among them
+        # enough nearest sites that K - 1 allowed ones are usually among them
         self._pool = min(scenario.n_sites, 3 * k)
+        rows = scenario.classes.n_classes * scenario.n_access * scenario.n_sites
+        self.tabulated = rows * k * (len(FEATURES) * 4 + 9) / 2**20 <= table_budget_mb
+        self._conflicts_possible = bool(
+            (scenario.constraints.categories % 2 == 1).any()
+        )
 
-    def candidates(self, backend: SimBackend) -> tuple[np.ndarray, np.ndarray]:
-        """Return (N, K) candidate sites and whether each is admissible."""
-        n = backend.site.shape[0]
+    @cached_property
+    def _tables(self) -> StaticView:
+        """The static view of every (class, access, site), rows flattened."""
+        s = self.scenario
+        c, a, i = np.meshgrid(
+            np.arange(s.classes.n_classes),
+            np.arange(s.n_access),
+            np.arange(s.n_sites),
+            indexing="ij",
+        )
+        return self.static_view(c.ravel(), a.ravel(), i.ravel())
+
+    def static_view(
+        self, cls: np.ndarray, access: np.ndarray, site: np.ndarray
+    ) -> StaticView:
+        """Compute the static view of services of ``cls`` at ``site``."""
+        sites, mask = self._candidates(cls, access, site)
+        return StaticView(sites, mask, self._features(cls, access, site, sites, mask))
+
+    def _candidates(
+        self, cls: np.ndarray, access: np.ndarray, site: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        s, n = self.scenario, cls.shape[0]
+        here = site[:, None]
         if self.global_sites:
-            sites = np.broadcast_to(
-                np.arange(self.scenario.n_sites), (n, self.layout.n_candidates)
-            )
-            return sites, backend.admissible(sites)
-        here = backend.site[:, None]
-        pool = backend.nearest_feasible[backend.cls, backend.access, : self._pool]
-        ok = backend.admissible(pool) & (pool != here)
+            sites = np.broadcast_to(np.arange(s.n_sites), (n, s.n_sites))
+            return sites, s.constraints.feasible(cls[:, None], here, sites)
+        pool = self.scenario.nearest_feasible[cls, access, : self._pool]
+        ok = s.constraints.feasible(cls[:, None], here, pool) & (pool != here)
         pick = np.argsort(~ok, axis=1, kind="stable")[:, : self.layout.n_candidates - 1]
         sites = np.concatenate([here, np.take_along_axis(pool, pick, axis=1)], axis=1)
         mask = np.concatenate(
@@ -102,39 +157,99 @@ class CandidateView:
         )
         return sites, mask
 
-    def observe(
-        self, backend: SimBackend, sites: np.ndarray, mask: np.ndarray
+    def _features(
+        self,
+        cls: np.ndarray,
+        access: np.ndarray,
+        site: np.ndarray,
+        sites: np.ndarray,
+        mask: np.ndarray,
     ) -> np.ndarray:
-        """Return (N, layout.size) float32 observations."""
-        s, t = self.scenario, self.tables
-        cls, access, here = (
-            backend.cls[:, None],
-            backend.access[:, None],
-            backend.site[:, None],
-        )
+        s, t = self.scenario, self.costs
+        c, a, here = cls[:, None], access[:, None], site[:, None]
         hops = s.network.hops
-        cost = t.placement[cls, access, sites] + t.move[cls, here, sites]
-        load = np.zeros(sites.shape)
-        if backend.occupancy is not None:
-            capacity = s.sites.cpu_cores[sites]
-            load = np.where(
-                np.isfinite(capacity), backend.occupancy.cpu_used[sites] / capacity, 0.0
-            )
+        cost = t.placement[c, a, sites] + t.move[c, here, sites]
         columns = (
-            s.latency_ms[access, sites] / s.classes.slo_ms[cls],
+            s.latency_ms[a, sites] / s.classes.slo_ms[c],
             s.network.rtt_ms[here, sites] / 100.0,
-            t.downtime_s[cls, here, sites] / 10.0,
-            load,
+            t.downtime_s[c, here, sites] / 10.0,
+            np.zeros(sites.shape),
             mask,
             np.log1p(np.where(mask, cost, 0.0)),
-            hops[access, sites] / HOPS_SCALE,
+            hops[a, sites] / HOPS_SCALE,
             hops[here, sites] / HOPS_SCALE,
-            sites == access,
+            sites == a,
         )
         table = np.stack(columns, axis=-1, dtype=np.float32)
         table[~mask] = 0.0
         np.clip(table, 0.0, FEATURE_CAP, out=table)
-        progress = np.full(
-            (sites.shape[0], 1), backend.slot / s.config.episode_slots, np.float32
+        return table.reshape(sites.shape[0], -1)
+
+    @cached_property
+    def _observation_table(self) -> np.ndarray:
+        """Tabulated features with a spare last column for the progress."""
+        features = self._tables.features
+        table = np.zeros((features.shape[0], self.layout.size), dtype=np.float32)
+        table[:, :-1] = features
+        return table
+
+    def view(self, backend: SimBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return candidates (N, K), mask (N, K) and observations (N, size)."""
+        cls, access, site = backend.cls, backend.access, backend.site
+        if self.tabulated:
+            s = self.scenario
+            row = (cls * s.n_access + access) * s.n_sites + site
+            sites = np.take(self._tables.sites, row, axis=0)
+            mask = np.take(self._tables.mask, row, axis=0)
+            observation = np.take(self._observation_table, row, axis=0)
+        else:
+            static = self.static_view(cls, access, site)
+            sites, mask = static.sites, static.mask
+            observation = np.empty((cls.shape[0], self.layout.size), np.float32)
+            observation[:, :-1] = static.features
+        if backend.occupancy is not None:
+            mask = self._admit(backend, sites, mask, observation)
+        observation[:, -1] = backend.slot / self.scenario.config.episode_slots
+        return sites, mask, observation
+
+    def _admit(
+        self,
+        backend: SimBackend,
+        sites: np.ndarray,
+        mask: np.ndarray,
+        observation: np.ndarray,
+    ) -> np.ndarray:
+        """Apply capacity and co-residency; update ``observation`` in place."""
+        occupancy = backend.occupancy
+        assert occupancy is not None  # only called for coupled backends
+        s = self.scenario
+        classes = s.classes
+
+        # per site, class and tenant: is there room and no clash? (small table)
+        room = (
+            occupancy.cpu_used[:, None] + classes.cpu_cores[None, :]
+            <= s.sites.cpu_cores[:, None]
+        ) & (
+            occupancy.memory_used[:, None] + classes.memory_mb[None, :]
+            <= s.sites.memory_mb[:, None]
         )
-        return np.concatenate([table.reshape(sites.shape[0], -1), progress], axis=1)
+        admit = np.broadcast_to(room[:, :, None], (*room.shape, occupancy.n_tenants))
+        if self._conflicts_possible:
+            clash = occupancy.clash_table()[:, :, s.constraints.categories]
+            admit = admit & ~clash.transpose(0, 2, 1)
+        flat = admit.reshape(-1)
+        index = (sites * classes.n_classes + backend.cls[:, None]) * occupancy.n_tenants
+        allowed = flat[index + backend.tenant[:, None]]
+        allowed |= sites == backend.site[:, None]  # staying needs no new room
+        admitted = mask & allowed
+
+        # zero the features of candidates that only capacity or co-residency
+        # rules out; they are few, so index them rather than mask everything
+        width = len(FEATURES)
+        rows, cols = np.nonzero(mask & ~allowed)
+        if rows.size:
+            observation[rows[:, None], cols[:, None] * width + np.arange(width)] = 0.0
+        capacity = s.sites.cpu_cores
+        load = np.where(np.isfinite(capacity), occupancy.cpu_used / capacity, 0.0)
+        observation[:, _LOAD:-1:width] = np.minimum(load[sites], FEATURE_CAP) * admitted
+        return admitted

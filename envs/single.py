@@ -129,8 +129,6 @@ class MigrationEnv(gym.Env[np.ndarray, np.int64]):
         return self._sites[0].copy()
 
     def _observe(self) -> np.ndarray:
-        self._sites, self._mask = self.view.candidates(self.backend)
-        observation: np.ndarray = self.view.observe(
-            self.backend, self._sites, self._mask
-        )[0]
-        return observation
+        self._sites, self._mask, observation = self.view.view(self.backend)
+        row: np.ndarray = observation[0]
+        return row

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from mecrl.constraints import CONFLICTS, N_CATEGORIES, Occupancy
-from mecrl.costs import weighted_total
-from mecrl.problem import move_terms, placement_terms
+from mecrl.costs import PLACEMENT_TERMS
+from mecrl.problem import cost_tables, move_terms, placement_terms
 from mecrl.registry import Registry
 from mecrl.rng import uniforms
 from mecrl.scenario import Scenario
@@ -99,20 +98,8 @@ class SimBackend(Backend):
         self.scenario = scenario
         self.coupled = coupled
         self.occupancy: Occupancy | None = None
+        self.tables = cost_tables(scenario)
         self.slot = 0
-
-    @cached_property
-    def nearest_feasible(self) -> np.ndarray:
-        """(C, A, M) sites in order of latency from an access site, feasible
-        first, for each class; how many are feasible is in ``n_feasible``.
-        """
-        s = self.scenario
-        order = np.argsort(s.latency_ms, axis=1, kind="stable")
-        feasible = s.constraints.static[:, order]
-        ranked = np.argsort(~feasible, axis=2, kind="stable")
-        return np.take_along_axis(
-            np.broadcast_to(order, feasible.shape), ranked, axis=2
-        )
 
     def reset(self, key: int, service_ids: np.ndarray) -> None:
         """Start an episode: draw services and users, place services near users.
@@ -134,7 +121,7 @@ class SimBackend(Backend):
 
     def _place_alone(self) -> np.ndarray:
         s = self.scenario
-        first = self.nearest_feasible[self.cls, self.access, 0]
+        first = self.scenario.nearest_feasible[self.cls, self.access, 0]
         ok = s.constraints.static[self.cls, first]
         if not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
@@ -153,7 +140,7 @@ class SimBackend(Backend):
             waiting = np.flatnonzero(site < 0)
             if waiting.size == 0:
                 break
-            target = self.nearest_feasible[
+            target = self.scenario.nearest_feasible[
                 self.cls[waiting], self.access[waiting], rank
             ]
             ok = s.constraints.static[self.cls[waiting], target]
@@ -191,14 +178,25 @@ class SimBackend(Backend):
             raise ValueError(f"target sites must lie in [0, {self.scenario.n_sites})")
         previous = self.site
         new_site = self._apply(target)
-        foreign = None
-        if self.occupancy is not None:
-            foreign = self.occupancy.foreign(self.tenant, new_site).sum(axis=-1)
-        weights = self.scenario.config.costs.weights
-        terms = placement_terms(self.scenario, self.cls, self.access, new_site, foreign)
+        terms = self._placement_terms(new_site)
         moves = move_terms(self.scenario, self.cls, previous, new_site)
-        # summed as placement part plus move part, exactly as the cost tables
-        cost = weighted_total(terms, weights) + weighted_total(moves, weights)
+        row = (self.cls * self.scenario.n_access + self.access) * self.scenario.n_sites
+        cost = self.tables.placement.take(row + new_site) + self.tables.move.take(
+            (self.cls * self.scenario.n_sites + previous) * self.scenario.n_sites
+            + new_site
+        )
+        if self.occupancy is not None:
+            # exposure to other services of the fleet, beyond the background
+            static = self.scenario.sites.background_tenants[new_site]
+            foreign = self.occupancy.foreign_total(self.tenant, new_site)
+            factor = self.scenario.runtimes.column("exposure")[
+                self.scenario.classes.runtime[self.cls]
+            ]
+            exposure = factor * foreign
+            cost = cost + self.scenario.config.costs.weights.co_residency * (
+                exposure - factor * static
+            )
+            terms["co_residency"] = exposure
         terms.update(moves)
         self.site = new_site
         self.access = self.mobility.advance()
@@ -209,6 +207,16 @@ class SimBackend(Backend):
             refused=(target != new_site),
             moved=(new_site != previous),
         )
+
+    def _placement_terms(self, site: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw placement terms of this slot, read from the table if any."""
+        table = self.tables.placement_terms
+        if table is None:
+            return placement_terms(self.scenario, self.cls, self.access, site)
+        s = self.scenario
+        row = (self.cls * s.n_access + self.access) * s.n_sites + site
+        values = table.take(row, axis=1)
+        return dict(zip(PLACEMENT_TERMS, values, strict=True))
 
     def _apply(self, target: np.ndarray) -> np.ndarray:
         """Return the new placement: ``target`` where admissible, else stay."""

@@ -137,8 +137,8 @@ def run(quick: bool = False) -> list[Figure]:
             "service-steps/s",
         ),
         Figure(
-            "fleet env, 1,000 services (city-grid, coupled), service-steps/s",
-            fleet_service_steps_per_s("city-grid", 1_000, fleet_steps, repeats, True),
+            "fleet env, 500 services (city-grid, coupled), service-steps/s",
+            fleet_service_steps_per_s("city-grid", 500, fleet_steps, repeats, True),
             "service-steps/s",
         ),
     ]

@@ -139,6 +139,22 @@ class Occupancy:
         foreign: np.ndarray = self.totals[site] - self.counts[site, tenant]
         return foreign
 
+    def foreign_total(self, tenant: np.ndarray, site: np.ndarray) -> np.ndarray:
+        """Return the number of other tenants' workloads at ``site``."""
+        per_site = self.totals.sum(axis=1)[:, None] - self.counts.sum(axis=2)
+        total: np.ndarray = per_site[site, tenant]
+        return total
+
+    def clash_table(self) -> np.ndarray:
+        """(M, T, 4) whether a service of a tenant and category would clash.
+
+        Entry ``[site, tenant, category]`` is true when another tenant's
+        workload at the site may not share a host with such a service.
+        """
+        foreign = self.totals[:, None, :] - self.counts
+        table: np.ndarray = (foreign @ CONFLICTS.T.astype(np.int64)) > 0
+        return table
+
     def admits(
         self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray
     ) -> np.ndarray:

@@ -19,7 +19,7 @@ from mecrl.agents.policy import PolicyContext, make_policy
 from mecrl.backend import SimBackend, SlotResult
 from mecrl.costs import TERM_NAMES
 from mecrl.envs.fleet import FleetCore
-from mecrl.problem import CostTables
+from mecrl.problem import cost_tables
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario
 
@@ -71,7 +71,7 @@ def episode_problems(scenario: Scenario, seed: int, n_services: int) -> EpisodeP
     access[:, 0] = backend.access
     for t in range(1, slots):
         access[:, t] = backend.mobility.advance()
-    tables = CostTables(scenario)
+    tables = cost_tables(scenario)
     return EpisodeProblems(
         cls=backend.cls,
         initial_site=backend.site.copy(),

@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 import numpy as np
@@ -28,6 +28,8 @@ from mecrl.config import check
 from mecrl.registry import Registry
 
 logger = logging.getLogger(__name__)
+
+_Number = TypeVar("_Number", bound=np.number[Any])
 
 TOPOLOGIES = Registry[Callable[..., "Topology"]]("topology")
 """Topology generators by name: ``line``, ``hex`` and ``random-geometric``."""
@@ -215,9 +217,9 @@ class Network:
         )
         bottleneck_mbps, hops = _path_bottleneck_and_hops(parents, link_mbps)
         return cls(
-            rtt_ms=2.0 * one_way_ms,
-            bandwidth_mbps=bottleneck_mbps,
-            hops=hops,
+            rtt_ms=_mirror_upper(2.0 * one_way_ms),
+            bandwidth_mbps=_mirror_upper(bottleneck_mbps),
+            hops=_mirror_upper(hops),
             cloud_site=topology.n_sites if cloud is not None else None,
         )
 
@@ -402,8 +404,9 @@ def _path_bottleneck_and_hops(
 
     Row ``s`` of ``parents`` is the shortest-path tree rooted at ``s``. Each
     round of pointer doubling replaces a node's ancestor by the ancestor's
-    ancestor, combining the two path segments, so ``log2(M)`` whole-array
-    rounds cover paths of any length without a loop over nodes.
+    ancestor, combining the two path segments, so at most ``log2(M)``
+    whole-array rounds cover paths of any length without a loop over nodes;
+    they stop early once every ancestor is the root.
     """
     n_nodes = len(parents)
     nodes = np.arange(n_nodes)
@@ -411,11 +414,27 @@ def _path_bottleneck_and_hops(
     ancestor = np.where(roots, nodes[None, :], parents)
     bottleneck = np.where(roots, np.inf, link_mbps[ancestor, nodes[None, :]])
     hops = np.where(roots, 0, 1).astype(np.int64)
+    root = np.broadcast_to(nodes[:, None], ancestor.shape)
     for _ in range(max(1, math.ceil(math.log2(n_nodes)))):
+        if np.array_equal(ancestor, root):
+            break
         bottleneck = np.minimum(bottleneck, np.take_along_axis(bottleneck, ancestor, 1))
         hops = hops + np.take_along_axis(hops, ancestor, 1)
         ancestor = np.take_along_axis(ancestor, ancestor, 1)
     return bottleneck, hops
+
+
+def _mirror_upper(table: npt.NDArray[_Number]) -> npt.NDArray[_Number]:
+    """Copy the upper triangle onto the lower one, in place.
+
+    Dijkstra from ``i`` and from ``j`` may sum the same delays in another
+    order, or pick another of several equally fast paths; keeping one
+    direction makes the tables exactly symmetric and describes both
+    directions by the same path.
+    """
+    upper = np.triu_indices(len(table), 1)
+    table[upper[1], upper[0]] = table[upper]
+    return table
 
 
 def _hex_cells(rings: int) -> Iterator[tuple[int, int]]:

@@ -10,14 +10,18 @@ export all read, so the three always agree.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from mecrl.costs import MOVE_TERMS, weighted_total
+from mecrl.costs import MOVE_TERMS, PLACEMENT_TERMS, weighted_total
 from mecrl.migration import MigrationEffect, migration_effect
 from mecrl.scenario import Scenario
+
+TERM_TABLE_BUDGET_MB = 1024.0
+"""Largest table of raw placement terms kept in memory."""
 
 
 def placement_terms(
@@ -136,6 +140,26 @@ class CostTables:
         return cost
 
     @cached_property
+    def placement_terms(self) -> np.ndarray | None:
+        """(P, C * A * M) raw placement terms, rows as ``PLACEMENT_TERMS``.
+
+        None when the table would exceed ``TERM_TABLE_BUDGET_MB``; callers
+        then compute the terms with :func:`placement_terms`.
+        """
+        s = self.scenario
+        rows = s.classes.n_classes * s.n_access * s.n_sites
+        if rows * len(PLACEMENT_TERMS) * 8 / 2**20 > TERM_TABLE_BUDGET_MB:
+            return None
+        cls = np.arange(s.classes.n_classes)[:, None, None]
+        access = np.arange(s.n_access)[None, :, None]
+        site = np.arange(s.n_sites)[None, None, :]
+        terms = placement_terms(s, cls, access, site)
+        shape = (s.classes.n_classes, s.n_access, s.n_sites)
+        return np.stack(
+            [np.broadcast_to(terms[name], shape).ravel() for name in PLACEMENT_TERMS]
+        )
+
+    @cached_property
     def downtime_s(self) -> np.ndarray:
         """(C, M, M) downtime of each move, for observations."""
         s = self.scenario
@@ -146,3 +170,8 @@ class CostTables:
         )
         return terms["downtime"]
 
+
+@functools.lru_cache(maxsize=8)
+def cost_tables(scenario: Scenario) -> CostTables:
+    """Return the cost tables of ``scenario``, shared by all its users."""
+    return CostTables(scenario)

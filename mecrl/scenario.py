@@ -223,6 +223,18 @@ class Scenario:
         return np.asarray(self.config.radio_rtt_ms + rtt, dtype=np.float64)
 
     @cached_property
+    def nearest_feasible(self) -> np.ndarray:
+        """(C, A, M) sites by latency from each access site, per class.
+
+        Statically feasible sites come first, so entry ``[c, a, 0]`` is the
+        feasible site nearest a user at ``a`` for class ``c``.
+        """
+        order = np.argsort(self.latency_ms, axis=1, kind="stable")
+        feasible = self.constraints.static[:, order]
+        ranked = np.argsort(~feasible, axis=2, kind="stable")
+        return np.take_along_axis(np.broadcast_to(order, feasible.shape), ranked, 2)
+
+    @cached_property
     def missing_layers_mb(self) -> np.ndarray:
         """(C, M) megabytes of each class's image missing at each site."""
         missing = ~self.sites.layer_cached

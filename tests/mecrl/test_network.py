@@ -1,3 +1,5 @@
+import itertools
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -94,9 +96,7 @@ def test_line_neighbours_stop_at_the_ends() -> None:
 def test_propagation_and_extra_delay_add_up() -> None:
     topology = _path_topology([1000.0, 1000.0])
     topology.graph.edges[1, 2]["delay_ms"] = 4.0
-    network = Network.from_topology(
-        topology, per_hop_ms=1.0, propagation_m_per_s=1.0e5
-    )
+    network = Network.from_topology(topology, per_hop_ms=1.0, propagation_m_per_s=1.0e5)
     # 100 m at 1e5 m/s is 1 ms; each link adds 1 ms per hop.
     assert network.rtt_ms[0, 1] == pytest.approx(4.0)
     assert network.rtt_ms[0, 2] == pytest.approx(2 * (2.0 + 6.0))
@@ -153,6 +153,28 @@ def test_bandwidth_follows_the_fastest_path_not_the_widest() -> None:
     network = Network.from_topology(topology)
     assert network.hops[0, 2] == 1
     assert network.bandwidth_mbps[0, 2] == 5.0
+
+
+def test_tables_match_networkx_paths_on_a_random_graph() -> None:
+    topology = random_geometric_topology(n_sites=25, radius_m=3000.0, seed=3)
+    generator = np.random.default_rng(0)
+    for _, _, attrs in topology.graph.edges(data=True):
+        attrs["bandwidth_mbps"] = generator.uniform(10.0, 1000.0)
+        attrs["delay"] = _hop_ms(attrs["length_m"])
+    network = Network.from_topology(topology)
+    for source in range(topology.n_sites):
+        lengths, paths = nx.single_source_dijkstra(
+            topology.graph, source, weight="delay"
+        )
+        for target, path in paths.items():
+            assert network.rtt_ms[source, target] == pytest.approx(2 * lengths[target])
+            assert network.hops[source, target] == len(path) - 1
+            links = itertools.pairwise(path)
+            slowest = min(
+                (topology.graph.edges[a, b]["bandwidth_mbps"] for a, b in links),
+                default=np.inf,
+            )
+            assert network.bandwidth_mbps[source, target] == slowest
 
 
 def test_cloud_rtt_is_exact_and_bottleneck_applies() -> None:

@@ -70,7 +70,9 @@ def test_user_stream_does_not_depend_on_the_population() -> None:
     key=st.integers(0, 2**64 - 1),
     slot=st.integers(0, 10**9),
 )
-def test_any_subset_draws_the_same_numbers(users: list[int], key: int, slot: int) -> None:
+def test_any_subset_draws_the_same_numbers(
+    users: list[int], key: int, slot: int
+) -> None:
     together = uniforms(key, np.array(users), slot, 2)
     for row, user in zip(together, users, strict=True):
         np.testing.assert_array_equal(uniforms(key, np.array([user]), slot, 2)[0], row)
@@ -78,8 +80,12 @@ def test_any_subset_draws_the_same_numbers(users: list[int], key: int, slot: int
 
 def test_draw_does_not_change_when_more_are_drawn() -> None:
     users = np.arange(50)
-    np.testing.assert_array_equal(uniforms(3, users, 1, 5)[:, :2], uniforms(3, users, 1, 2))
-    np.testing.assert_array_equal(normals(3, users, 1, 5)[:, :3], normals(3, users, 1, 3))
+    np.testing.assert_array_equal(
+        uniforms(3, users, 1, 5)[:, :2], uniforms(3, users, 1, 2)
+    )
+    np.testing.assert_array_equal(
+        normals(3, users, 1, 5)[:, :3], normals(3, users, 1, 3)
+    )
 
 
 def test_user_id_dtype_does_not_matter() -> None:
@@ -124,7 +130,9 @@ def test_derive_key_is_reproducible_and_in_range() -> None:
         ((0, [-3], 0, 1), "users"),
     ],
 )
-def test_bad_arguments_are_rejected(arguments: tuple[object, ...], message: str) -> None:
+def test_bad_arguments_are_rejected(
+    arguments: tuple[object, ...], message: str
+) -> None:
     key, users, slot, count = arguments
     for draw in (uniforms, normals):
         with pytest.raises(ValueError, match=message):
