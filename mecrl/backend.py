@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mecrl.constraints import CONFLICTS, N_CATEGORIES, Occupancy
-from mecrl.costs import PLACEMENT_TERMS
+from mecrl.costs import MOVE_TERMS, PLACEMENT_TERMS
 from mecrl.problem import cost_tables, move_terms, placement_terms
 from mecrl.registry import Registry
 from mecrl.rng import uniforms
@@ -179,7 +179,7 @@ class SimBackend(Backend):
         previous = self.site
         new_site = self._apply(target)
         terms = self._placement_terms(new_site)
-        moves = move_terms(self.scenario, self.cls, previous, new_site)
+        moves = self._move_terms(previous, new_site)
         row = (self.cls * self.scenario.n_access + self.access) * self.scenario.n_sites
         cost = self.tables.placement.take(row + new_site) + self.tables.move.take(
             (self.cls * self.scenario.n_sites + previous) * self.scenario.n_sites
@@ -217,6 +217,17 @@ class SimBackend(Backend):
         row = (self.cls * s.n_access + self.access) * s.n_sites + site
         values = table.take(row, axis=1)
         return dict(zip(PLACEMENT_TERMS, values, strict=True))
+
+    def _move_terms(
+        self, previous: np.ndarray, site: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Raw move terms of this slot, read from the table if any."""
+        table = self.tables.move_terms
+        if table is None:
+            return move_terms(self.scenario, self.cls, previous, site)
+        n = self.scenario.n_sites
+        values = table.take((self.cls * n + previous) * n + site, axis=1)
+        return dict(zip(MOVE_TERMS, values, strict=True))
 
     def _apply(self, target: np.ndarray) -> np.ndarray:
         """Return the new placement: ``target`` where admissible, else stay."""

@@ -438,7 +438,7 @@ class GaussMarkov(_ContinuousSource):
             mirrored = index % 2 == 1
             folded_m[:, axis] = low + span * np.where(mirrored, 1.0 - within, within)
             self._heading_rad = _mirror(self._heading_rad, mirrored, axis)
-            pass
+            self._mean_heading_rad = _mirror(self._mean_heading_rad, mirrored, axis)
         return folded_m
 
 

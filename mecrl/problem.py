@@ -160,6 +160,23 @@ class CostTables:
         )
 
     @cached_property
+    def move_terms(self) -> np.ndarray | None:
+        """(Q, C * M * M) raw move terms, rows as ``MOVE_TERMS``, or None.
+
+        None when the table would exceed ``TERM_TABLE_BUDGET_MB``.
+        """
+        s = self.scenario
+        rows = s.classes.n_classes * s.n_sites * s.n_sites
+        if rows * len(MOVE_TERMS) * 8 / 2**20 > TERM_TABLE_BUDGET_MB:
+            return None
+        n = s.n_sites
+        cls = np.arange(s.classes.n_classes)[:, None, None]
+        terms = move_terms(
+            s, cls, np.arange(n)[None, :, None], np.arange(n)[None, None, :]
+        )
+        return np.stack([terms[name].ravel() for name in MOVE_TERMS])
+
+    @cached_property
     def downtime_s(self) -> np.ndarray:
         """(C, M, M) downtime of each move, for observations."""
         s = self.scenario

@@ -3,6 +3,7 @@ import itertools
 import networkx as nx
 import numpy as np
 import pytest
+
 from mecrl.agents.hindsight import hindsight_optimum, path_cost
 
 
