@@ -90,7 +90,7 @@ class FleetVecEnv(VecEnv):
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """Return a fleet attribute once per selected service."""
         value = getattr(self.fleet, attr_name)
-        return [value] * len(self._get_indices(indices))
+        return [value] * len(list(self._get_indices(indices)))
 
     def set_attr(
         self, attr_name: str, value: Any, indices: VecEnvIndices = None
@@ -117,4 +117,4 @@ class FleetVecEnv(VecEnv):
         self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
     ) -> list[bool]:
         """No service is wrapped."""
-        return [False] * len(self._get_indices(indices))
+        return [False] * len(list(self._get_indices(indices)))

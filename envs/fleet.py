@@ -15,7 +15,7 @@ each other as co-residents. The same core is offered three ways:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, SupportsFloat
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -115,7 +115,8 @@ class FleetVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         action_space: ``"candidates"`` or ``"sites"``.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP}
+    # Gymnasium declares metadata as an instance attribute of the base class
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP}  # noqa: RUF012
 
     def __init__(
         self,
@@ -200,7 +201,8 @@ class FleetEnv(gym.Env[np.ndarray, np.ndarray]):
         render_mode: Unused; no rendering.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # Gymnasium declares metadata as an instance attribute of the base class
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,
@@ -234,14 +236,15 @@ class FleetEnv(gym.Env[np.ndarray, np.ndarray]):
     ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         """Apply one action per service."""
         result = self.core.step(np.asarray(action))
+        cost = float(result.cost.sum())
         info = {
             "terms": {name: float(result.terms[name].sum()) for name in TERM_NAMES},
-            "cost": float(result.cost.sum()),
+            "cost": cost,
             "moves": int(result.moved.sum()),
             "refused": int(result.refused.sum()),
         }
         observation = self.core.observe()
-        return observation, -info["cost"], False, self.core.done, info
+        return observation, -cost, False, self.core.done, info
 
     def action_masks(self) -> np.ndarray:
         """Return the flat (N * K,) mask of feasible actions."""

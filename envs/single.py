@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, SupportsFloat
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -54,7 +54,8 @@ class MigrationEnv(gym.Env[np.ndarray, np.int64]):
     environment and the solver export draw for the same seed.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # Gymnasium declares metadata as an instance attribute of the base class
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ simulated together.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -273,7 +274,7 @@ def _register_builtin() -> None:
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith((".yaml", ".toml")):
             path = Path(str(entry))
-            SCENARIOS.add(path.stem, lambda path=path: ScenarioConfig.from_file(path))
+            SCENARIOS.add(path.stem, functools.partial(ScenarioConfig.from_file, path))
 
 
 _register_builtin()

@@ -141,7 +141,7 @@ def build_sites(
     runtimes[kata_sites, RUNTIME_NAMES.index("kata")] = True
 
     zone = _stripe_zones(positions_m, len(config.zones))
-    background = rng.poisson(config.background_tenants, n_edge)
+    background = np.asarray(rng.poisson(config.background_tenants, n_edge))
     cached = rng.random((n_edge, n_layers)) < config.layer_cache_prob
     cpu = np.full(n_edge, config.cpu_cores)
     memory = np.full(n_edge, config.memory_mb)
