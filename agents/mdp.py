@@ -10,9 +10,9 @@ model and two independent ways to solve it:
   and any cost table;
 * the closed-form value of a threshold policy ("stay while ``d < N``, migrate to
   the user when ``d >= N``") for the symmetric 1-D ring walk with
-  constant-plus-exponential costs, from the difference equation that the policy's
-  values satisfy. It shares no code with the iterative solvers, so each checks the
-  other.
+  constant-plus-exponential costs (:class:`mecrl.costs.HopCost`), from the
+  difference equation that the policy's values satisfy. It shares no code with
+  the iterative solvers, so each checks the other.
 
 One slot, with the same timing as the simulator: the slot starts at distance
 ``d``; the policy moves the service ``|d - d'|`` cells along a shortest path
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from mecrl.costs import CostConfig, HopCost, wang2019_costs
 
 logger = logging.getLogger(__name__)
 
@@ -222,116 +224,37 @@ class DistanceCosts:
     def wang2019(
         cls, max_distance: int, migration_weight: float, power: float = 0.8
     ) -> DistanceCosts:
-        """Tables of :meth:`ExponentialCostModel.wang2019` for distances 0..D.
+        """Tables of :func:`mecrl.costs.wang2019_costs` for distances 0..D.
 
         Args:
             max_distance: Largest distance D, at least 1.
             migration_weight: Weight of the distance-dependent part of a
-                migration's cost, at least 0.
+                migration's cost, finite and at least 0.
             power: Base of both exponentials, in (0, 1).
 
         Raises:
             ValueError: If an argument is out of range; the message names it.
         """
-        model = ExponentialCostModel.wang2019(migration_weight, power)
-        return model.tables(max_distance)
+        return distance_costs(wang2019_costs(migration_weight, power), max_distance)
 
 
-@dataclass(frozen=True)
-class ExponentialCost:
-    """Constant-plus-exponential cost of a distance x in cells.
+def distance_costs(costs: CostConfig, max_distance: int) -> DistanceCosts:
+    """Return the MDP's cost tables for distances 0..max_distance.
 
-    ``cost(x) = const + scale * base**x`` for ``x > 0`` and ``cost(0) = 0``. With
-    ``scale < 0`` and ``0 < base < 1`` the cost grows with x towards ``const``.
+    The MDP uses only the two hop-based shapes of ``costs``: ``distance`` as the
+    transmission cost of a slot and ``migration`` as the cost of a move. It
+    ignores ``costs.weights``, so each table is the unweighted shape, and it has
+    no place for the physical terms (latency, downtime, bytes, ...), which do not
+    depend on the distance alone.
+
+    Raises:
+        ValueError: If ``max_distance < 1``.
     """
-
-    const: float
-    """Constant part, paid for any nonzero distance."""
-
-    scale: float
-    """Weight of the exponential part."""
-
-    base: float
-    """Per-cell factor of the exponential part; must be positive."""
-
-    def __post_init__(self) -> None:
-        if not all(math.isfinite(v) for v in (self.const, self.scale, self.base)):
-            raise ValueError(
-                f"const, scale, base: must be finite, got "
-                f"{self.const}, {self.scale}, {self.base}"
-            )
-        if self.base <= 0.0:
-            raise ValueError(f"base: must be positive, got {self.base}")
-
-    def at(self, distance: int) -> float:
-        """Return the cost of one distance."""
-        if distance == 0:
-            return 0.0
-        return self.const + self.scale * self.base**distance
-
-    def table(self, max_distance: int) -> FloatArray:
-        """Return the costs of distances 0..max_distance."""
-        distances = np.arange(max_distance + 1, dtype=np.float64)
-        costs = self.const + self.scale * self.base**distances
-        costs[0] = 0.0
-        return costs
-
-
-@dataclass(frozen=True)
-class ExponentialCostModel:
-    """Transmission and migration costs, both constant-plus-exponential."""
-
-    transmission: ExponentialCost
-    """Cost of a slot at distance d (``delta_c``, ``delta_l``, ``theta``)."""
-
-    migration: ExponentialCost
-    """Cost of moving the service x cells (``beta_c``, ``beta_l``, ``mu``)."""
-
-    @classmethod
-    def wang2019(
-        cls, migration_weight: float, power: float = 0.8
-    ) -> ExponentialCostModel:
-        """Costs of Wang et al.'s published simulations.
-
-        Transmission costs ``1 - power**d``: nothing at distance 0, towards 1 far
-        away. A migration of x > 0 cells costs ``1 + migration_weight * (1 -
-        power**x)``: a fixed 1 plus a part that grows with x towards
-        ``migration_weight``. In the paper's notation ``theta = mu = power``,
-        ``delta_c = 1``, ``delta_l = -1``, ``beta_l = -migration_weight`` and
-        ``beta_c = 1 - beta_l``.
-
-        Args:
-            migration_weight: Weight of the distance-dependent part of a
-                migration's cost, at least 0.
-            power: Base of both exponentials, in (0, 1).
-
-        Raises:
-            ValueError: If an argument is out of range; the message names it.
-        """
-        if not (math.isfinite(migration_weight) and migration_weight >= 0.0):
-            raise ValueError(
-                f"migration_weight: must be finite and >= 0, got {migration_weight}"
-            )
-        if not 0.0 < power < 1.0:
-            raise ValueError(f"power: must lie in (0, 1), got {power}")
-        return cls(
-            transmission=ExponentialCost(const=1.0, scale=-1.0, base=power),
-            migration=ExponentialCost(
-                const=1.0 + migration_weight, scale=-migration_weight, base=power
-            ),
-        )
-
-    def tables(self, max_distance: int) -> DistanceCosts:
-        """Return the cost tables for distances 0..max_distance.
-
-        Raises:
-            ValueError: If ``max_distance < 1``.
-        """
-        _check_max_distance(max_distance)
-        return DistanceCosts(
-            transmission=self.transmission.table(max_distance),
-            migration=self.migration.table(max_distance),
-        )
+    _check_max_distance(max_distance)
+    return DistanceCosts(
+        transmission=costs.distance.table(max_distance),
+        migration=costs.migration.table(max_distance),
+    )
 
 
 @dataclass(frozen=True)
@@ -518,21 +441,21 @@ class _RingRecurrence:
 
     With ``g = discount``, ``p = move_prob / 2`` and ``b = 1 - g (1 - 2p)``, the
     values between the boundaries obey ``b V(d) - g p (V(d + 1) + V(d - 1)) =
-    const + scale * base**d``, whose solutions are ``constant + geometric *
-    base**d + c1 * small_root**d + c2 * big_root**(d - anchor)``. Measuring the
+    const + scale * power**d``, whose solutions are ``constant + geometric *
+    power**d + c1 * small_root**d + c2 * big_root**(d - anchor)``. Measuring the
     growing term from ``anchor``, the far boundary, keeps both terms at most 1.
     """
 
     constant: float
     geometric: float
-    base: float
+    power: float
     small_root: float
     big_root: float
     anchor: int
 
     def particular(self, distance: int) -> float:
         """The solution with ``c1 = c2 = 0``."""
-        return self.constant + self.geometric * self.base**distance
+        return self.constant + self.geometric * self.power**distance
 
     def homogeneous(self, distance: int) -> FloatArray:
         """The two free solutions, as the coefficients of ``c1`` and ``c2``."""
@@ -542,20 +465,20 @@ class _RingRecurrence:
 
 
 def _ring_recurrence(
-    move_prob: float, discount: float, transmission: ExponentialCost, anchor: int
+    move_prob: float, discount: float, transmission: HopCost, anchor: int
 ) -> _RingRecurrence:
     """Solve the interior difference equation of a threshold policy on the ring."""
     step = discount * move_prob / 2
     centre = 1.0 - discount * (1.0 - move_prob)
 
     # A constant cost adds const / (1 - g); an exponential one adds a multiple of
-    # base**d unless base is itself a root, where that multiple does not exist.
+    # power**d unless power is itself a root, where that multiple does not exist.
     geometric = 0.0
     if transmission.scale != 0.0:
-        denominator = centre - step * (transmission.base + 1.0 / transmission.base)
+        denominator = centre - step * (transmission.power + 1.0 / transmission.power)
         if abs(denominator) < 1e-12 * centre:
             raise ValueError(
-                f"costs: transmission base {transmission.base} is a root of the "
+                f"costs: transmission power {transmission.power} is a root of the "
                 "walk's characteristic equation; the closed form does not cover it"
             )
         geometric = transmission.scale / denominator
@@ -565,7 +488,7 @@ def _ring_recurrence(
     return _RingRecurrence(
         constant=transmission.const / (1.0 - discount),
         geometric=geometric,
-        base=transmission.base,
+        power=transmission.power,
         small_root=1.0 / big_root,
         big_root=big_root,
         anchor=anchor,
@@ -607,7 +530,7 @@ def threshold_policy_values(
     discount: float,
     threshold: int,
     max_distance: int,
-    costs: ExponentialCostModel,
+    costs: CostConfig,
 ) -> FloatArray:
     """Closed-form values of a threshold policy on the symmetric 1-D ring.
 
@@ -631,7 +554,9 @@ def threshold_policy_values(
         discount: Per-slot discount factor in (0, 1).
         threshold: The distance N from which the policy migrates, 1..D + 1.
         max_distance: Largest distance D on the ring, at least 1.
-        costs: Transmission and migration costs.
+        costs: Its ``distance`` shape is the transmission cost and its
+            ``migration`` shape the migration cost; the weights are ignored,
+            as in :func:`distance_costs`.
 
     Returns:
         Discounted cost from each starting distance 0..D, shape (D + 1,); beyond
@@ -642,12 +567,12 @@ def threshold_policy_values(
     """
     _check_closed_form_args(move_prob, discount, threshold, max_distance)
     anchor = min(threshold, max_distance)
-    recurrence = _ring_recurrence(move_prob, discount, costs.transmission, anchor)
+    recurrence = _ring_recurrence(move_prob, discount, costs.distance, anchor)
 
     # Each boundary condition reads: sum of weight * V(distance) == value.
     step = discount * move_prob / 2
     at_user = {0: 1.0 - discount * (1.0 - move_prob), 1: -2.0 * step}
-    conditions = [(at_user, costs.transmission.at(0))]
+    conditions = [(at_user, costs.distance.at(0))]
     if threshold <= max_distance:
         conditions.append(({threshold: 1.0, 0: -1.0}, costs.migration.at(threshold)))
     else:
@@ -655,7 +580,7 @@ def threshold_policy_values(
             max_distance: 1.0 - discount * (1.0 - move_prob / 2),
             max_distance - 1: -step,
         }
-        conditions.append((far_side, costs.transmission.at(max_distance)))
+        conditions.append((far_side, costs.distance.at(max_distance)))
     free = _solve_boundaries(recurrence, conditions)
 
     values = np.array(
@@ -670,7 +595,7 @@ def threshold_policy_values(
 
 
 def best_threshold(
-    move_prob: float, discount: float, max_distance: int, costs: ExponentialCostModel
+    move_prob: float, discount: float, max_distance: int, costs: CostConfig
 ) -> int:
     """Return the best threshold on the symmetric 1-D ring, from the closed form.
 
@@ -683,7 +608,9 @@ def best_threshold(
         move_prob: Probability that the user moves in a slot, in (0, 1].
         discount: Per-slot discount factor in (0, 1).
         max_distance: Largest distance D on the ring, at least 1.
-        costs: Transmission and migration costs.
+        costs: Its ``distance`` shape is the transmission cost and its
+            ``migration`` shape the migration cost; the weights are ignored,
+            as in :func:`distance_costs`.
 
     Raises:
         ValueError: If an argument is out of range; the message names it.

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,9 +88,15 @@ def _add_episode_args(parser: argparse.ArgumentParser) -> None:
 def _scenario_list(args: argparse.Namespace) -> int:
     for name in SCENARIOS.names():
         config = load_config(name)
-        summary = config.description.split(". ")[0].strip()
+        summary = _first_sentence(config.description)
         print(f"{name:<16} {summary}")
     return 0
+
+
+def _first_sentence(text: str) -> str:
+    # "et al." and "e.g." end no sentence
+    match = re.search(r"(?<!\bal)(?<!\be\.g)\.(\s|$)", text)
+    return (text[: match.start() + 1] if match else text).strip()
 
 
 def _scenario_show(args: argparse.Namespace) -> int:

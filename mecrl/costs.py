@@ -22,6 +22,7 @@ optimum and the solver export rely on it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -88,7 +89,8 @@ class HopCost:
 
     Wang et al. (IEEE/ACM ToN 2019) use this constant-plus-exponential form
     for both the transmission cost of a user-service distance and the cost
-    of migrating a service over a distance.
+    of migrating a service over a distance. With ``scale < 0`` and
+    ``0 < power < 1`` the cost grows with x towards ``const``.
     """
 
     const: float = 1.0
@@ -96,10 +98,19 @@ class HopCost:
     scale: float = -1.0
     """Factor of the exponential part (negative for a rising cost)."""
     power: float = 0.8
-    """Base of the exponential part."""
+    """Base of the exponential part; must be positive."""
 
     def __post_init__(self) -> None:
+        for name in ("const", "scale", "power"):
+            value = getattr(self, name)
+            check(math.isfinite(value), name, f"must be finite, got {value}")
         check(self.power > 0, "power", f"must be > 0, got {self.power}")
+
+    def at(self, hops: int) -> float:
+        """Return the cost of one hop count."""
+        if hops == 0:
+            return 0.0
+        return float(self.const + self.scale * self.power**hops)
 
     def table(self, max_hops: int) -> np.ndarray:
         """Return the cost of every hop count 0..max_hops."""
@@ -136,17 +147,25 @@ def wang2019_costs(migration_weight: float = 1.0, power: float = 0.8) -> CostCon
 
     Transmission ``1 - power**x`` for a user-service distance of ``x`` hops;
     migration ``1 + w * (1 - power**x)`` for moving ``x`` hops, ``w`` being
-    ``migration_weight`` (their ``-beta_l``). Only these two terms are
-    weighted; the physical terms are still reported.
+    ``migration_weight``. In the paper's notation ``theta = mu = power``,
+    ``delta_c = 1``, ``delta_l = -1``, ``beta_l = -migration_weight`` and
+    ``beta_c = 1 - beta_l``. Only these two terms are weighted; the physical
+    terms are still reported.
+
+    Args:
+        migration_weight: Weight of the distance-dependent part of a
+            migration's cost, finite and at least 0.
+        power: Base of both exponentials (their ``theta = mu``), in (0, 1).
 
     Raises:
-        ValueError: If ``migration_weight`` is negative.
+        ValueError: If an argument is out of range; the message names it.
     """
     check(
-        migration_weight >= 0,
+        math.isfinite(migration_weight) and migration_weight >= 0,
         "migration_weight",
-        f"must be >= 0, got {migration_weight}",
+        f"must be finite and >= 0, got {migration_weight}",
     )
+    check(0 < power < 1, "power", f"must lie in (0, 1), got {power}")
     zero = {field.name: 0.0 for field in dataclasses.fields(CostWeights)}
     return CostConfig(
         weights=CostWeights(**{**zero, "distance": 1.0, "migration": 1.0}),

@@ -43,9 +43,12 @@ class SitesConfig:
     """CPU capacity of each edge site."""
     memory_mb: float = 32768.0
     """Memory capacity of each edge site."""
+    host_fraction: float = 1.0
+    """Share of edge sites that host services; the others are radio cells
+    only: users attach to them, but no service can run there."""
     kata_fraction: float = 1.0
-    """Share of edge sites with hardware virtualisation (they offer Kata as
-    well as runc); the others offer runc only."""
+    """Share of hosting sites with hardware virtualisation (they offer Kata
+    as well as runc); the others offer runc only."""
     zones: tuple[str, ...] = ("edge",)
     """Trust zones; sites are split among them in west-to-east stripes."""
     untrusted_zone_pairs: tuple[tuple[str, str], ...] = ()
@@ -61,7 +64,7 @@ class SitesConfig:
     def __post_init__(self) -> None:
         check(self.cpu_cores > 0, "cpu_cores", f"must be > 0, got {self.cpu_cores}")
         check(self.memory_mb > 0, "memory_mb", f"must be > 0, got {self.memory_mb}")
-        for name in ("kata_fraction", "layer_cache_prob"):
+        for name in ("host_fraction", "kata_fraction", "layer_cache_prob"):
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, name, f"must be within [0, 1], got {value}")
         check(
@@ -134,11 +137,11 @@ def build_sites(
             tenants, layer caches).
     """
     n_edge = positions_m.shape[0]
-    runtimes = np.ones((n_edge, len(RUNTIME_NAMES)), dtype=bool)
-    n_kata = round(config.kata_fraction * n_edge)
-    kata_sites = rng.permutation(n_edge)[:n_kata]
-    runtimes[:, RUNTIME_NAMES.index("kata")] = False
-    runtimes[kata_sites, RUNTIME_NAMES.index("kata")] = True
+    hosts = rng.permutation(n_edge)[: max(1, round(config.host_fraction * n_edge))]
+    runtimes = np.zeros((n_edge, len(RUNTIME_NAMES)), dtype=bool)
+    runtimes[hosts, RUNTIME_NAMES.index("runc")] = True
+    n_kata = round(config.kata_fraction * len(hosts))
+    runtimes[hosts[:n_kata], RUNTIME_NAMES.index("kata")] = True
 
     zone = _stripe_zones(positions_m, len(config.zones))
     background = np.asarray(rng.poisson(config.background_tenants, n_edge))

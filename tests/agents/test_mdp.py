@@ -8,15 +8,15 @@ import pytest
 from mecrl.agents.mdp import (
     DistanceChain,
     DistanceCosts,
-    ExponentialCost,
-    ExponentialCostModel,
     MdpSolution,
     best_threshold,
+    distance_costs,
     evaluate_policy,
     solve_policy_iteration,
     solve_value_iteration,
     threshold_policy_values,
 )
+from mecrl.costs import CostConfig, HopCost, wang2019_costs
 
 MAX_DISTANCE = 12
 
@@ -76,6 +76,19 @@ def test_wang2019_costs() -> None:
     np.testing.assert_allclose(costs.migration, [0, 2.0, 2.5, 2.75])
 
 
+def test_distance_costs_ignore_the_weights() -> None:
+    shapes = wang2019_costs(migration_weight=2.0, power=0.5)
+    costs = distance_costs(CostConfig(distance=shapes.distance), 3)
+    np.testing.assert_allclose(costs.transmission, [0, 0.5, 0.75, 0.875])
+    np.testing.assert_allclose(costs.migration, CostConfig().migration.table(3))
+
+
+@pytest.mark.parametrize("hops", [0, 1, 4])
+def test_hop_cost_at_matches_its_table(hops: int) -> None:
+    shape = HopCost(const=3.0, scale=-1.0, power=0.9)
+    assert shape.at(hops) == pytest.approx(shape.table(4)[hops], rel=1e-15)
+
+
 @pytest.mark.parametrize(
     ("make", "move_prob", "migration_weight", "discount"),
     [
@@ -128,9 +141,11 @@ def test_ring_optimum_is_the_closed_form_threshold(
     move_prob: float, migration_weight: float, discount: float
 ) -> None:
     chain = DistanceChain.ring_1d(move_prob, MAX_DISTANCE)
-    model = ExponentialCostModel.wang2019(migration_weight)
+    model = wang2019_costs(migration_weight)
 
-    solution = solve_value_iteration(chain, model.tables(MAX_DISTANCE), discount)
+    solution = solve_value_iteration(
+        chain, distance_costs(model, MAX_DISTANCE), discount
+    )
     threshold = solution.threshold()
 
     assert threshold is not None
@@ -147,7 +162,7 @@ def test_closed_form_covers_thresholds_that_migrate() -> None:
     for q, w, g in itertools.product(
         [0.2, 0.5, 0.8], [0.25, 1.0, 2.0, 4.0], [0.5, 0.9]
     ):
-        found.add(best_threshold(q, g, MAX_DISTANCE, ExponentialCostModel.wang2019(w)))
+        found.add(best_threshold(q, g, MAX_DISTANCE, wang2019_costs(w)))
     assert MAX_DISTANCE + 1 in found
     assert len(found - {MAX_DISTANCE + 1}) >= 3
 
@@ -159,13 +174,13 @@ def test_closed_form_equals_exact_evaluation_of_every_threshold(
     move_prob: float, discount: float
 ) -> None:
     # Costs with const + scale != 0 check that distance 0 stays free regardless.
-    model = ExponentialCostModel(
-        transmission=ExponentialCost(const=2.0, scale=-1.5, base=0.7),
-        migration=ExponentialCost(const=3.0, scale=-1.0, base=0.9),
+    model = CostConfig(
+        distance=HopCost(const=2.0, scale=-1.5, power=0.7),
+        migration=HopCost(const=3.0, scale=-1.0, power=0.9),
     )
     max_distance = 8
     chain = DistanceChain.ring_1d(move_prob, max_distance)
-    costs = model.tables(max_distance)
+    costs = distance_costs(model, max_distance)
 
     for threshold in range(1, max_distance + 2):
         exact = evaluate_policy(
@@ -269,7 +284,11 @@ def test_value_iteration_reports_non_convergence() -> None:
         (lambda: DistanceCosts(np.array([0, np.nan]), np.zeros(2)), "transmission"),
         (lambda: DistanceCosts.wang2019(4, -1.0), "migration_weight"),
         (lambda: DistanceCosts.wang2019(4, 1.0, power=1.0), "power"),
-        (lambda: ExponentialCost(1.0, -1.0, 0.0), "base"),
+        (lambda: DistanceCosts.wang2019(4, math.inf), "migration_weight"),
+        (lambda: HopCost(1.0, -1.0, 0.0), "power"),
+        (lambda: HopCost(math.nan, -1.0, 0.8), "const"),
+        (lambda: HopCost(1.0, math.inf, 0.8), "scale"),
+        (lambda: distance_costs(wang2019_costs(), 0), "max_distance"),
     ],
 )
 def test_invalid_models_are_named(build: Callable[[], object], match: str) -> None:
@@ -326,15 +345,15 @@ def test_invalid_closed_form_arguments_are_named(
     args: tuple[float, float, int, int], match: str
 ) -> None:
     with pytest.raises(ValueError, match=match):
-        threshold_policy_values(*args, costs=ExponentialCostModel.wang2019(1.0))
+        threshold_policy_values(*args, costs=wang2019_costs(1.0))
 
 
-def test_closed_form_rejects_a_transmission_base_at_a_root() -> None:
+def test_closed_form_rejects_a_transmission_power_at_a_root() -> None:
     # With g = 0.9 and p = 0.25 the homogeneous roots are (0.55 +- sqrt(0.1)) / 0.45.
     root = (0.55 - math.sqrt(0.1)) / 0.45
-    model = ExponentialCostModel(
-        transmission=ExponentialCost(const=1.0, scale=-1.0, base=root),
-        migration=ExponentialCost(const=1.0, scale=0.0, base=0.5),
+    model = CostConfig(
+        distance=HopCost(const=1.0, scale=-1.0, power=root),
+        migration=HopCost(const=1.0, scale=0.0, power=0.5),
     )
-    with pytest.raises(ValueError, match="base"):
+    with pytest.raises(ValueError, match="transmission power"):
         threshold_policy_values(0.5, 0.9, 3, 6, model)
