@@ -157,10 +157,12 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
 def _convert_union(args: tuple[Any, ...], value: Any, path: str) -> Any:
     if value is None and type(None) in args:
         return None
+    options = [arg for arg in args if arg is not type(None)]
+    if len(options) == 1:
+        # an optional field: its own error, with its nested path, is clearest
+        return _convert(options[0], value, path)
     errors = []
-    for arg in args:
-        if arg is type(None):
-            continue
+    for arg in options:
         try:
             return _convert(arg, value, path)
         except ConfigError as exc:

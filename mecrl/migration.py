@@ -119,9 +119,15 @@ def _precopy_rounds(
     ratio = np.minimum(np.asarray(dirty_mb_per_s) / rate_mb_per_s, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         needed = np.log(PRECOPY_STOP_MB / state_mb) / np.log(ratio)
+    # a service that dirties nothing needs one live round, then an empty stop
+    converging = np.where(
+        ratio > 0.0,
+        np.clip(np.ceil(np.nan_to_num(needed, nan=0.0, posinf=0.0)), 0, None),
+        1.0,
+    )
     rounds = np.where(
         (ratio < 1.0) & (state_mb > PRECOPY_STOP_MB),
-        np.clip(np.ceil(np.nan_to_num(needed, nan=0.0, posinf=0.0)), 0, None),
+        converging,
         PRECOPY_MAX_ROUNDS,
     )
     rounds = np.minimum(rounds, PRECOPY_MAX_ROUNDS)

@@ -197,6 +197,11 @@ class Scenario:
             config.services, config.layers, self.sites.zone_names, self.runtimes
         )
         self.constraints = Constraints(self.sites, self.classes)
+        # build the mobility source once, so a bad parameter fails here
+        try:
+            self.make_mobility()
+        except ValueError as exc:
+            raise ConfigError("mobility.params", str(exc)) from None
 
     @property
     def n_sites(self) -> int:
