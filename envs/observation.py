@@ -196,7 +196,14 @@ class CandidateView:
     def view(self, backend: SimBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return candidates (N, K), mask (N, K) and observations (N, size)."""
         cls, access, site = backend.cls, backend.access, backend.site
-        if self.tabulated:
+        if self.tabulated and cls.shape[0] == 1:
+            # one service: slicing a row costs less than a gather
+            s = self.scenario
+            one = (int(cls[0]) * s.n_access + int(access[0])) * s.n_sites + int(site[0])
+            sites = self._tables.sites[one : one + 1]
+            mask = self._tables.mask[one : one + 1]
+            observation = self._observation_table[one : one + 1].copy()
+        elif self.tabulated:
             s = self.scenario
             row = (cls * s.n_access + access) * s.n_sites + site
             sites = np.take(self._tables.sites, row, axis=0)

@@ -9,7 +9,6 @@ import numpy as np
 from gymnasium import spaces
 
 from mecrl.backend import SimBackend
-from mecrl.costs import TERM_NAMES
 from mecrl.envs.observation import FEATURE_CAP, CandidateView
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario, ScenarioConfig, load_scenario
@@ -104,22 +103,29 @@ class MigrationEnv(gym.Env[np.ndarray, np.int64]):
         self, action: np.int64 | int
     ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         """Place the service at the chosen candidate for this slot."""
-        value = np.asarray(action)
         k = self.layout.n_candidates
-        if value.shape != () or value.dtype.kind not in "iu" or not 0 <= value < k:
+        if isinstance(action, bool | np.bool_) or not isinstance(
+            action, int | np.integer
+        ):
+            value = np.asarray(action)
+            if value.shape != () or value.dtype.kind not in "iu":
+                raise ValueError(
+                    f"action must be an integer in [0, {k}), got {action!r}"
+                )
+            action = int(value)
+        if not 0 <= action < k:
             raise ValueError(f"action must be an integer in [0, {k}), got {action!r}")
-        target = self._sites[:, int(value)]
-        result = self.backend.step(target)
+        result = self.backend.step_one(int(self._sites[0, action]))
         info = {
-            "terms": {name: float(result.terms[name][0]) for name in TERM_NAMES},
-            "cost": float(result.cost[0]),
-            "moved": bool(result.moved[0]),
-            "refused": bool(result.refused[0]),
+            "terms": result.terms,
+            "cost": result.cost,
+            "moved": result.moved,
+            "refused": result.refused,
             "site": int(self.backend.site[0]),
             "access": int(self.backend.access[0]),
         }
         truncated = self.backend.slot >= self.scenario.config.episode_slots
-        return self._observe(), -float(result.cost[0]), False, truncated, info
+        return self._observe(), -result.cost, False, truncated, info
 
     def action_masks(self) -> np.ndarray:
         """Return which actions are feasible now."""
