@@ -71,6 +71,8 @@ class FleetCore:
             raise ValueError(
                 f"actions must have shape ({self.n_services},), got {actions.shape}"
             )
+        if actions.dtype.kind not in "iu":
+            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
         if ((actions < 0) | (actions >= self.layout.n_candidates)).any():
             raise ValueError(f"actions must lie in [0, {self.layout.n_candidates})")
         target = np.take_along_axis(self.sites, actions[:, None].astype(np.int64), 1)

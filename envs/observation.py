@@ -117,9 +117,6 @@ class CandidateView:
         self._pool = min(scenario.n_sites, 3 * k)
         rows = scenario.classes.n_classes * scenario.n_access * scenario.n_sites
         self.tabulated = rows * k * (len(FEATURES) * 4 + 9) / 2**20 <= table_budget_mb
-        self._conflicts_possible = bool(
-            (scenario.constraints.categories % 2 == 1).any()
-        )
 
     @cached_property
     def _tables(self) -> StaticView:
@@ -230,22 +227,10 @@ class CandidateView:
         occupancy = backend.occupancy
         assert occupancy is not None  # only called for coupled backends
         s = self.scenario
-        classes = s.classes
-
-        # per site, class and tenant: is there room and no clash? (small table)
-        room = (
-            occupancy.cpu_used[:, None] + classes.cpu_cores[None, :]
-            <= s.sites.cpu_cores[:, None]
-        ) & (
-            occupancy.memory_used[:, None] + classes.memory_mb[None, :]
-            <= s.sites.memory_mb[:, None]
-        )
-        admit = np.broadcast_to(room[:, :, None], (*room.shape, occupancy.n_tenants))
-        if self._conflicts_possible:
-            clash = occupancy.clash_table()[:, :, s.constraints.categories]
-            admit = admit & ~clash.transpose(0, 2, 1)
-        flat = admit.reshape(-1)
-        index = (sites * classes.n_classes + backend.cls[:, None]) * occupancy.n_tenants
+        flat = occupancy.admit_table().reshape(-1)
+        index = (
+            sites * s.classes.n_classes + backend.cls[:, None]
+        ) * occupancy.n_tenants
         allowed = flat[index + backend.tenant[:, None]]
         allowed |= sites == backend.site[:, None]  # staying needs no new room
         admitted = mask & allowed

@@ -68,10 +68,6 @@ class Backend(ABC):
     def step(self, target: np.ndarray) -> SlotResult:
         """Run this slot with each service at ``target``, then move users on."""
 
-    @abstractmethod
-    def admissible(self, candidates: np.ndarray) -> np.ndarray:
-        """Return (N, K) whether each service may be placed at each candidate."""
-
 
 @dataclass(frozen=True)
 class ServiceSlot:
@@ -168,16 +164,6 @@ class SimBackend(Backend):
                 f"{len(site)} services: {(site < 0).sum()} found no room"
             )
         return site
-
-    def admissible(self, candidates: np.ndarray) -> np.ndarray:
-        """Return (N, K) whether each service may be placed at each candidate."""
-        c = self.cls[:, None]
-        here = self.site[:, None]
-        ok = self.scenario.constraints.feasible(c, here, candidates)
-        if self.occupancy is not None:
-            stays = candidates == here
-            ok &= stays | self.occupancy.admits(c, self.tenant[:, None], candidates)
-        return ok
 
     def step(self, target: np.ndarray) -> SlotResult:
         """Run this slot with each service at ``target``, then move users on.

@@ -134,38 +134,40 @@ class Occupancy:
         np.add.at(self.counts, (site, tenant, cat), sign)
         np.add.at(self.totals, (site, cat), sign)
 
-    def foreign(self, tenant: np.ndarray, site: np.ndarray) -> np.ndarray:
-        """Return (..., 4) counts of other tenants' workloads at ``site``."""
-        foreign: np.ndarray = self.totals[site] - self.counts[site, tenant]
-        return foreign
-
     def foreign_total(self, tenant: np.ndarray, site: np.ndarray) -> np.ndarray:
         """Return the number of other tenants' workloads at ``site``."""
         per_site = self.totals.sum(axis=1)[:, None] - self.counts.sum(axis=2)
         total: np.ndarray = per_site[site, tenant]
         return total
 
-    def clash_table(self) -> np.ndarray:
-        """(M, T, 4) whether a service of a tenant and category would clash.
+    def admit_table(self) -> np.ndarray:
+        """(M, C, T) whether a site admits one more service of a class and tenant.
 
-        Entry ``[site, tenant, category]`` is true when another tenant's
-        workload at the site may not share a host with such a service.
+        True when the site has CPU and memory left for the class and no other
+        tenant's workload there conflicts with it (the ``dedicated`` rule).
         """
-        foreign = self.totals[:, None, :] - self.counts
-        table: np.ndarray = (foreign @ CONFLICTS.T.astype(np.int64)) > 0
+        classes, sites = self.constraints.classes, self.constraints.sites
+        room = (
+            self.cpu_used[:, None] + classes.cpu_cores[None, :]
+            <= sites.cpu_cores[:, None]
+        ) & (
+            self.memory_used[:, None] + classes.memory_mb[None, :]
+            <= sites.memory_mb[:, None]
+        )
+        table = np.repeat(room[:, :, None], self.n_tenants, axis=2)
+        categories = self.constraints.categories
+        if (categories % 2 == 1).any():  # only dedicated services can clash
+            foreign = self.totals[:, None, :] - self.counts
+            clash = (foreign @ CONFLICTS.T.astype(np.int64)) > 0
+            table &= ~clash[:, :, categories].transpose(0, 2, 1)
         return table
 
     def admits(
         self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray
     ) -> np.ndarray:
-        """Return whether ``site`` has room and no conflicting co-resident.
+        """Return whether ``site`` admits services of ``cls`` and ``tenant``.
 
         For services not yet counted at ``site``; arguments broadcast.
         """
-        classes, sites = self.constraints.classes, self.constraints.sites
-        room = (
-            self.cpu_used[site] + classes.cpu_cores[cls] <= sites.cpu_cores[site]
-        ) & (self.memory_used[site] + classes.memory_mb[cls] <= sites.memory_mb[site])
-        conflicts = CONFLICTS[self.constraints.categories[cls]]
-        clash = np.einsum("...c,...c->...", self.foreign(tenant, site), conflicts)
-        return np.asarray(room & (clash == 0), dtype=bool)
+        admitted: np.ndarray = self.admit_table()[site, cls, tenant]
+        return admitted
