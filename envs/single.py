@@ -90,10 +90,12 @@ class MigrationEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(
                 f"unknown reset option {sorted(unknown)[0]!r}; valid: service"
             )
-        service = int(options.get("service", 0))
+        service = options.get("service", 0)
+        if isinstance(service, bool) or not isinstance(service, int | np.integer):
+            raise ValueError(f"option service must be an integer, got {service!r}")
         if service < 0:
             raise ValueError(f"option service must be >= 0, got {service}")
-        self.backend.reset(derive_key(self.np_random), np.array([service]))
+        self.backend.reset(derive_key(self.np_random), np.array([int(service)]))
         return self._observe(), {
             "site": int(self.backend.site[0]),
             "access": int(self.backend.access[0]),

@@ -146,11 +146,11 @@ def run_hindsight(scenario: Scenario, seed: int, n_services: int) -> PolicyOutco
             problems.initial_site[members],
         )
         sites[members], optimum[members] = plan.sites, plan.total_cost
-    core = FleetCore(scenario, n_services, coupled=False, action_space="candidates")
-    core.reset(episode_key(seed))
+    backend = SimBackend(scenario, coupled=False)
+    backend.reset(episode_key(seed), np.arange(n_services))
     outcome = _Accumulator(scenario, n_services)
     for t in range(scenario.config.episode_slots):
-        outcome.add(core.backend.step(sites[:, t]))
+        outcome.add(backend.step(sites[:, t]))
     result = outcome.result()
     if not np.allclose(result.per_service, optimum, rtol=1e-9, atol=1e-9):
         raise RuntimeError("replaying the hindsight path does not reproduce its cost")

@@ -145,7 +145,8 @@ def build_classes(
         zone_names: Zones of the scenario's sites.
         runtimes: Runtime profiles, for memory overhead.
     """
-    layer_names = list(layers_mb)
+    # sorted, so that the order layers are written in changes nothing
+    layer_names = sorted(layers_mb)
     layer_mb = np.zeros((len(configs), len(layer_names)))
     allowed = np.zeros((len(configs), len(zone_names)), dtype=bool)
     for c, config in enumerate(configs):

@@ -90,11 +90,6 @@ def test_mobility_parameters_exclude_the_topology_argument() -> None:
         build(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._convert_union rebuilds the error of an optional dataclass "
-    "(sites.cloud) at the union's own path and drops the nested field",
-)
 @pytest.mark.parametrize(
     ("path", "value"),
     [("sites.cloud.bogus", 1.0), ("sites.cloud.rtt_ms", -1.0)],

@@ -3,8 +3,9 @@
 The checks here recompute feasibility from the scenario's config and the
 backend's placement (``site``, ``cls``, ``tenant``), not from the rules of
 :mod:`mecrl.constraints`, over random scenarios that mix Kata and runc
-hosts, trust zones, untrusted zone pairs, background tenants, tight
-capacities, sandboxed and dedicated services and an optional cloud.
+hosts and radio-only cells, trust zones, untrusted zone pairs, background
+tenants, tight capacities, sandboxed and dedicated services and an optional
+cloud.
 """
 
 import itertools
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mecrl.backend import SimBackend
+from mecrl.backend import SimBackend, spawn_services
 from mecrl.envs.fleet import FleetVectorEnv
 from mecrl.envs.single import MigrationEnv
 from mecrl.evaluate import episode_key
@@ -29,11 +30,17 @@ TENANTS = ("t0", "t1", "t2")
 
 
 @st.composite
-def service_classes(draw: st.DrawFn, zones: tuple[str, ...], index: int):
+def service_classes(
+    draw: st.DrawFn, zones: tuple[str, ...], index: int
+) -> ServiceClassConfig:
     isolation = draw(st.sampled_from(("shared", "sandboxed", "dedicated")))
-    runtime = "kata" if isolation == "sandboxed" else draw(st.sampled_from(("runc", "kata")))
+    runtime = (
+        "kata" if isolation == "sandboxed" else draw(st.sampled_from(("runc", "kata")))
+    )
     migration = (
-        "cold" if runtime == "kata" else draw(st.sampled_from(("cold", "precopy", "postcopy")))
+        "cold"
+        if runtime == "kata"
+        else draw(st.sampled_from(("cold", "precopy", "postcopy")))
     )
     allowed = draw(st.lists(st.sampled_from(zones), unique=True, max_size=len(zones)))
     tenants = draw(st.lists(st.sampled_from(TENANTS), unique=True, min_size=1))
@@ -73,6 +80,7 @@ def scenario_configs(draw: st.DrawFn) -> ScenarioConfig:
     sites = SitesConfig(
         cpu_cores=draw(st.sampled_from((2.0, 4.0, 8.0))),
         memory_mb=draw(st.sampled_from((2048.0, 4096.0, 16384.0))),
+        host_fraction=draw(st.sampled_from((1.0, 0.6))),
         kata_fraction=draw(st.sampled_from((0.0, 0.3, 0.6, 1.0))),
         zones=zones,
         untrusted_zone_pairs=pairs,
@@ -106,7 +114,10 @@ class Oracle:
         self.services = config.services
         self.cpu = np.array([c.cpu_cores for c in config.services])
         self.memory = np.array(
-            [c.memory_mb + runtimes[c.runtime].memory_overhead_mb for c in config.services]
+            [
+                c.memory_mb + runtimes[c.runtime].memory_overhead_mb
+                for c in config.services
+            ]
         )
         self.kata = np.array([c.runtime == "kata" for c in config.services])
         self.dedicated = np.array([c.isolation == "dedicated" for c in config.services])
@@ -209,7 +220,7 @@ def build_or_reject(config: ScenarioConfig) -> Scenario:
 
 
 RANDOM_WORLDS = settings(
-    max_examples=25,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -240,7 +251,8 @@ def test_single_env_mask_allows_only_feasible_sites(
             np.testing.assert_array_equal(sites, np.arange(scenario.n_sites))
             assert mask[here]
         else:
-            assert mask[0] and sites[0] == here
+            assert mask[0]
+            assert sites[0] == here
         for target in sites[mask]:
             assert oracle.static_ok(cls, int(target))
             assert oracle.may_move(here, int(target))
@@ -265,7 +277,9 @@ def test_fleet_mask_allows_only_feasible_sites(
     try:
         env.reset(seed=seed)
     except ValueError as exc:
-        assert "cannot hold" in str(exc)
+        # greedy first placement may find no room; that world is skipped
+        if "cannot hold" not in str(exc):
+            raise
         assume(False)
     backend = env.core.backend
     oracle.check_placement(backend)
@@ -302,7 +316,9 @@ def test_backend_refuses_unmasked_infeasible_targets(
     try:
         backend.reset(episode_key(seed), np.arange(n_services))
     except ValueError as exc:
-        assert "cannot hold" in str(exc)
+        # greedy first placement may find no room; that world is skipped
+        if "cannot hold" not in str(exc):
+            raise
         assume(False)
     rng = np.random.default_rng(seed)
 
@@ -311,7 +327,9 @@ def test_backend_refuses_unmasked_infeasible_targets(
         before = backend.site.copy()
         statically_bad = np.array(
             [
-                not (oracle.static_ok(int(c), int(t)) and oracle.may_move(int(s), int(t)))
+                not (
+                    oracle.static_ok(int(c), int(t)) and oracle.may_move(int(s), int(t))
+                )
                 for c, s, t in zip(backend.cls, before, target, strict=True)
             ]
         )
@@ -333,14 +351,17 @@ def test_reset_refuses_a_class_that_fits_nowhere(
     scenario = Scenario(config)
     oracle = Oracle(scenario)
     backend = SimBackend(scenario, coupled=False)
-    try:
-        backend.reset(episode_key(0), np.array([service]))
-    except ValueError as exc:
-        assert "fits at no site" in str(exc)
-        cls = scenario.classes.names.index(str(exc).split("'")[1])
-        assert not any(oracle.static_ok(cls, s) for s in range(scenario.n_sites))
+    key, ids = episode_key(0), np.array([service])
+    cls = int(spawn_services(scenario, key, ids)[0][0])
+
+    if any(oracle.static_ok(cls, s) for s in range(scenario.n_sites)):
+        backend.reset(key, ids)
+        assert backend.cls[0] == cls
+        assert oracle.static_ok(cls, int(backend.site[0]))
     else:
-        assert oracle.static_ok(int(backend.cls[0]), int(backend.site[0]))
+        name = scenario.classes.names[cls]
+        with pytest.raises(ValueError, match=f"class '{name}' fits at no site"):
+            backend.reset(key, ids)
 
 
 def city_backend(coupled: bool, n_services: int = 60) -> SimBackend:
@@ -353,7 +374,9 @@ def city_backend(coupled: bool, n_services: int = 60) -> SimBackend:
 def test_sandboxed_service_sent_to_a_runc_only_host_is_refused(coupled: bool) -> None:
     backend = city_backend(coupled)
     scenario = backend.scenario
-    n = int(np.flatnonzero(scenario.classes.names.index("vehicle-assist") == backend.cls)[0])
+    n = int(
+        np.flatnonzero(scenario.classes.names.index("vehicle-assist") == backend.cls)[0]
+    )
     runc_only = np.flatnonzero(~scenario.sites.runtimes[:, KATA])
     before = backend.site.copy()
     target = before.copy()
@@ -361,7 +384,8 @@ def test_sandboxed_service_sent_to_a_runc_only_host_is_refused(coupled: bool) ->
 
     result = backend.step(target)
 
-    assert result.refused[n] and not result.moved[n]
+    assert result.refused[n]
+    assert not result.moved[n]
     assert backend.site[n] == before[n]
     assert result.terms["downtime"][n] == 0.0
     assert result.refused.sum() == 1
@@ -382,7 +406,8 @@ def test_move_between_untrusted_zones_is_refused(coupled: bool) -> None:
 
     result = backend.step(target)
 
-    assert result.refused[n] and backend.site[n] != east_sites[0]
+    assert result.refused[n]
+    assert backend.site[n] != east_sites[0]
 
 
 def test_move_onto_a_full_host_is_refused() -> None:
@@ -401,7 +426,8 @@ def test_move_onto_a_full_host_is_refused() -> None:
 
     result = backend.step(np.array([1, 1]))
 
-    assert result.refused[0] and not result.refused[1]
+    assert result.refused[0]
+    assert not result.refused[1]
     np.testing.assert_array_equal(backend.site, [0, 1])
     uncoupled = SimBackend(Scenario(config), coupled=False)
     uncoupled.reset(episode_key(0), np.arange(2))

@@ -130,11 +130,6 @@ def test_postcopy_downtime_is_short() -> None:
     assert moved == pytest.approx(512.0 + 150.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="migration._precopy_rounds: a zero dirty rate gives log(0) = -inf, "
-    "0 live rounds and a full stop-and-copy of the state",
-)
 def test_precopy_of_a_service_that_dirties_nothing_is_one_live_round() -> None:
     downtime, moved = effect(PRECOPY, dirty_mb_per_s=0.0)
 
@@ -203,7 +198,8 @@ def test_vectorised_call_equals_element_wise_calls(
         "checkpoint_s",
         "restore_s",
     )
-    columns = {name: np.array(values) for name, values in zip(names, zip(*data))}
+    values = zip(*data, strict=True)
+    columns = {name: np.array(v) for name, v in zip(names, values, strict=True)}
     columns["mode"] = columns["mode"].astype(np.int64)
 
     together = migration_effect(prefetch_layers=prefetch, **columns)
@@ -216,4 +212,6 @@ def test_vectorised_call_equals_element_wise_calls(
         assert together.downtime_s[i] == alone.downtime_s[0]
         assert together.moved_mb[i] == alone.moved_mb[0]
     assert np.all(together.downtime_s >= 0.0)
-    assert np.all(together.moved_mb >= columns["state_mb"] + columns["missing_layers_mb"] - 1e-9)
+    assert np.all(
+        together.moved_mb >= columns["state_mb"] + columns["missing_layers_mb"] - 1e-9
+    )

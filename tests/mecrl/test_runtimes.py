@@ -31,7 +31,8 @@ def test_defaults_follow_the_design_table() -> None:
     assert 0.2 <= runc.start_s <= 1.0
     assert 1.2 <= kata.start_s <= 2.5
     assert 130.0 <= kata.memory_overhead_mb <= 300.0
-    assert runc.checkpoint and not kata.checkpoint
+    assert runc.checkpoint
+    assert not kata.checkpoint
     assert kata.exposure < runc.exposure
 
 
@@ -84,7 +85,11 @@ def test_defaults_are_not_modified_by_a_calibration(tmp_path: Path) -> None:
     [
         ("runtimes: {gvisor: {start_s: 1.0}}\n", "runtimes.gvisor", "unknown runtime"),
         ("runtimes: {kata: {boot_s: 1.0}}\n", "runtimes.kata.boot_s", "unknown key"),
-        ("runtimes: {kata: {start_s: -1.0}}\n", "runtimes.kata.start_s", "must be >= 0"),
+        (
+            "runtimes: {kata: {start_s: -1.0}}\n",
+            "runtimes.kata.start_s",
+            "must be >= 0",
+        ),
         (
             "runtimes: {runc: {checkpoint: maybe}}\n",
             "runtimes.runc.checkpoint",

@@ -25,6 +25,7 @@ from mecrl.services import ServiceClassConfig
 from mecrl.sites import SitesConfig
 
 BUILTIN = ("city-grid", "hex-2d", "wang-1d")
+"""The synthetic built-in scenarios, which need no data folder."""
 
 YAML_TEXT = """\
 name: small-city
@@ -160,7 +161,18 @@ def assert_same_world(a: Scenario, b: Scenario) -> None:
 
 
 def test_registry_lists_the_builtin_scenarios() -> None:
-    assert SCENARIOS.names() == sorted(BUILTIN)
+    names = SCENARIOS.names()
+
+    assert set(BUILTIN) <= set(names)
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize("name", SCENARIOS.names())
+def test_every_registered_config_loads(name: str) -> None:
+    config = load_config(name)
+
+    assert config.name == name
+    assert from_dict(ScenarioConfig, config.to_dict()) == config
 
 
 @pytest.mark.parametrize(
@@ -218,10 +230,29 @@ def test_city_grid_world_matches_its_description() -> None:
     # the cloud: last, unlimited, every runtime, every layer, no neighbours
     cloud = sites.n_sites - 1
     assert sites.zone[cloud] == 3
-    assert np.isinf(sites.cpu_cores[cloud]) and np.isinf(sites.memory_mb[cloud])
-    assert sites.runtimes[cloud].all() and sites.layer_cached[cloud].all()
+    assert np.isinf(sites.cpu_cores[cloud])
+    assert np.isinf(sites.memory_mb[cloud])
+    assert sites.runtimes[cloud].all()
+    assert sites.layer_cached[cloud].all()
     assert sites.background_tenants[cloud] == 0
     assert np.all(sites.cpu_cores[edge] == 32.0)
+
+
+def test_radio_only_sites_offer_no_runtime() -> None:
+    config = load_config("city-grid")
+    sites = dataclasses.replace(config.sites, host_fraction=0.5, kata_fraction=0.5)
+    scenario = Scenario(dataclasses.replace(config, sites=sites))
+    edge = scenario.sites.runtimes[: scenario.n_access]
+
+    hosts = edge.any(axis=1)
+    assert abs(hosts.sum() - 0.5 * 61) <= 0.5
+    # every host offers runc; half of them offer kata as well
+    np.testing.assert_array_equal(edge[:, RUNC], hosts)
+    assert abs(edge[:, KATA].sum() - 0.5 * hosts.sum()) <= 0.5
+    assert not (edge[:, KATA] & ~hosts).any()
+    # no class may run on a radio-only site; the cloud still hosts
+    assert not scenario.constraints.static[:, : scenario.n_access][:, ~hosts].any()
+    assert scenario.constraints.static[:, -1].any()
 
 
 def test_same_config_builds_the_same_world_and_its_seed_changes_it() -> None:
@@ -229,11 +260,10 @@ def test_same_config_builds_the_same_world_and_its_seed_changes_it() -> None:
 
     assert_same_world(Scenario(config), Scenario(config))
     other = Scenario(dataclasses.replace(config, seed=config.seed + 1))
-    assert not np.array_equal(
-        other.sites.runtimes, Scenario(config).sites.runtimes
-    ) or not np.array_equal(
-        other.sites.background_tenants, Scenario(config).sites.background_tenants
-    )
+    # which 30 of the 61 hosts offer kata is drawn from the seed
+    kata = Scenario(config).sites.runtimes[:, KATA]
+    assert not np.array_equal(other.sites.runtimes[:, KATA], kata)
+    assert other.sites.runtimes[:, KATA].sum() == kata.sum()
 
 
 def test_make_mobility_passes_the_slot_length() -> None:
@@ -260,7 +290,12 @@ def test_python_config_equals_the_builtin_file() -> None:
         candidates=8,
         topology=ComponentConfig(
             "line",
-            {"n_sites": 21, "spacing_m": 1000.0, "bandwidth_mbps": 1000.0, "ring": True},
+            {
+                "n_sites": 21,
+                "spacing_m": 1000.0,
+                "bandwidth_mbps": 1000.0,
+                "ring": True,
+            },
         ),
         mobility=ComponentConfig("random-walk", {"move_prob": 0.6}),
         sites=SitesConfig(
@@ -327,10 +362,10 @@ def test_load_config_accepts_a_file_path(tmp_path: Path) -> None:
 
 
 def test_load_config_of_an_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(
-        KeyError, match="unknown scenario 'atlantis'; known: city-grid, hex-2d, wang-1d"
-    ):
+    known = ", ".join(SCENARIOS.names())
+    with pytest.raises(KeyError, match=f"unknown scenario 'atlantis'; known: {known}"):
         load_config("atlantis")
+    assert {"city-grid", "hex-2d", "wang-1d"} <= set(known.split(", "))
 
 
 def test_digest_is_stable_and_tracks_every_field() -> None:
@@ -354,9 +389,7 @@ def test_digest_is_stable_and_tracks_every_field() -> None:
                 *config.services[1:],
             ),
         ),
-        dataclasses.replace(
-            config, layers={**config.layers, "ar-engine": 351.0}
-        ),
+        dataclasses.replace(config, layers={**config.layers, "ar-engine": 351.0}),
         dataclasses.replace(
             config,
             topology=ComponentConfig("hex", {**config.topology.params, "rings": 3}),
@@ -403,6 +436,7 @@ def test_digest_is_stable_and_tracks_every_field() -> None:
             "unknown zone 'north'",
         ),
         ("sites.kata_fraction", 1.5, "sites.kata_fraction", r"within \[0, 1\]"),
+        ("sites.host_fraction", -0.1, "sites.host_fraction", r"within \[0, 1\]"),
         ("sites.cpu_cores", 0.0, "sites.cpu_cores", "must be > 0"),
         ("sites.zones", ["a", "a"], "sites.zones", "repeat"),
         ("sites.zones", ["cloud"], "sites.zones", "reserved"),
@@ -432,7 +466,8 @@ def test_sandboxed_service_in_runc_names_the_runtime() -> None:
     data["services"][1]["runtime"] = "runc"  # vehicle-assist is sandboxed
 
     with pytest.raises(
-        ConfigError, match=r"^services\.1\.runtime: a sandboxed service must run in kata"
+        ConfigError,
+        match=r"^services\.1\.runtime: a sandboxed service must run in kata",
     ):
         from_dict(ScenarioConfig, data)
 
@@ -469,12 +504,6 @@ def test_bad_topology_parameter_value_names_the_topology() -> None:
     assert info.value.field == "topology.params"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Scenario() never builds the mobility source, so a bad mobility "
-    "parameter value only fails at the first episode reset, without the "
-    "mobility.params prefix",
-)
 def test_bad_mobility_parameter_value_fails_when_the_scenario_is_built() -> None:
     data = city_data()
     data["mobility"]["params"]["speed_min_mps"] = -1.0
@@ -482,3 +511,14 @@ def test_bad_mobility_parameter_value_fails_when_the_scenario_is_built() -> None
 
     with pytest.raises(ConfigError, match=r"^mobility\.params"):
         Scenario(config)
+
+
+def test_configs_with_the_same_digest_build_the_same_world() -> None:
+    config = load_config("city-grid")
+    reordered = dataclasses.replace(
+        config, layers=dict(reversed(list(config.layers.items())))
+    )
+    assert list(reordered.layers) != list(config.layers)
+
+    if reordered.digest() == config.digest():
+        assert_same_world(Scenario(config), Scenario(reordered))

@@ -1,0 +1,148 @@
+"""Candidates, masks and features, against a plain reference computation."""
+
+import numpy as np
+import pytest
+
+from mecrl.costs import weighted_total
+from mecrl.envs.fleet import FleetCore
+from mecrl.envs.observation import (
+    FEATURE_CAP,
+    FEATURES,
+    HOPS_SCALE,
+    CandidateView,
+    ObservationLayout,
+)
+from mecrl.evaluate import episode_key
+from mecrl.problem import move_terms, placement_terms
+from mecrl.scenario import Scenario, load_scenario
+
+
+def reference_features(
+    scenario: Scenario, core: FleetCore, n: int, k: int
+) -> np.ndarray:
+    """Features of candidate k of service n, from the model's definitions."""
+    backend = core.backend
+    cls, access, here = backend.cls[n], backend.access[n], backend.site[n]
+    site = core.sites[n, k]
+    if not core.mask[n, k]:
+        return np.zeros(len(FEATURES), np.float32)
+    weights = scenario.config.costs.weights
+    placement = placement_terms(scenario, cls, access, site)
+    moves = move_terms(scenario, np.array([cls]), np.array([here]), np.array([site]))
+    cost = float(np.squeeze(weighted_total(placement, weights))) + float(
+        np.squeeze(weighted_total(moves, weights))
+    )
+    load = 0.0
+    if backend.occupancy is not None and np.isfinite(scenario.sites.cpu_cores[site]):
+        demand = scenario.classes.cpu_cores[backend.cls]
+        used = demand[backend.site == site].sum()
+        load = used / scenario.sites.cpu_cores[site]
+    latency_ms = scenario.config.radio_rtt_ms + scenario.network.rtt_ms[access, site]
+    hops = scenario.network.hops
+    values = [
+        latency_ms / scenario.classes.slo_ms[cls],
+        scenario.network.rtt_ms[here, site] / 100.0,
+        float(moves["downtime"][0]) / 10.0,
+        load,
+        1.0,
+        np.log1p(cost),
+        hops[access, site] / HOPS_SCALE,
+        hops[here, site] / HOPS_SCALE,
+        float(site == access),
+    ]
+    return np.clip(np.array(values, dtype=np.float32), 0.0, FEATURE_CAP)
+
+
+def random_actions(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    return np.array([rng.choice(np.flatnonzero(row)) for row in mask])
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+@pytest.mark.parametrize("action_space", ["candidates", "sites"])
+def test_features_match_their_definitions(coupled: bool, action_space: str) -> None:
+    scenario = load_scenario("city-grid")
+    core = FleetCore(scenario, 40, coupled=coupled, action_space=action_space)
+    observation = core.reset(episode_key(2))
+    layout = core.layout
+    rng = np.random.default_rng(0)
+    for slot in range(3):
+        for n in rng.choice(40, 8, replace=False):
+            for k in range(layout.n_candidates):
+                row = np.array(
+                    [layout.feature(observation[n], name)[k] for name in FEATURES]
+                )
+                np.testing.assert_allclose(
+                    row, reference_features(scenario, core, n, k), rtol=2e-6, atol=1e-6
+                )
+        np.testing.assert_array_equal(
+            layout.feature(observation, "feasible"), core.mask.astype(np.float32)
+        )
+        np.testing.assert_allclose(layout.progress(observation), slot / 120)
+        core.step(random_actions(rng, core.mask))
+        observation = core.observe()
+
+
+def test_candidates_are_the_feasible_sites_nearest_the_user() -> None:
+    scenario = load_scenario("city-grid")
+    core = FleetCore(scenario, 60, coupled=False, action_space="candidates")
+    core.reset(episode_key(0))
+    backend, k = core.backend, core.layout.n_candidates
+    latency = scenario.latency_ms
+
+    for n in range(60):
+        cls, access, here = backend.cls[n], backend.access[n], backend.site[n]
+        sites, mask = core.sites[n], core.mask[n]
+        assert sites[0] == here
+        assert mask[0]
+        assert here not in sites[1:]
+        allowed = sites[1:][mask[1:]]
+        assert len(set(allowed.tolist())) == len(allowed)
+        # in order of latency from the user
+        assert np.all(np.diff(latency[access, allowed]) >= 0)
+        feasible = scenario.constraints.feasible(cls, here, np.arange(scenario.n_sites))
+        if mask.all():
+            # no feasible site left out is nearer than the farthest candidate
+            others = np.setdiff1d(np.flatnonzero(feasible), sites)
+            assert np.all(latency[access, others] >= latency[access, allowed[-1]])
+        else:
+            # fewer than K - 1 feasible sites to offer: all of them are offered
+            assert set(np.flatnonzero(feasible)) - {here} <= set(allowed.tolist())
+        assert len(sites) == k
+
+
+def test_computed_and_tabulated_views_agree() -> None:
+    scenario = load_scenario("city-grid")
+    for coupled in (False, True):
+        core = FleetCore(scenario, 50, coupled=coupled, action_space="candidates")
+        core.reset(episode_key(1))
+        tabulated = CandidateView(scenario, 8)
+        computed = CandidateView(scenario, 8, table_budget_mb=0.0)
+        assert tabulated.tabulated
+        assert not computed.tabulated
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            for a, b in zip(
+                tabulated.view(core.backend), computed.view(core.backend), strict=True
+            ):
+                np.testing.assert_array_equal(a, b)
+            core.step(random_actions(rng, core.mask))
+            core.observe()
+
+
+def test_layout_size_and_feature_slices() -> None:
+    layout = ObservationLayout(3)
+    observation = np.arange(layout.size, dtype=np.float32)
+
+    assert layout.size == 3 * len(FEATURES) + 1
+    np.testing.assert_array_equal(
+        layout.feature(observation, FEATURES[1]), [1, 1 + len(FEATURES), 19]
+    )
+    assert layout.progress(observation) == layout.size - 1
+    batch = np.stack([observation, observation])
+    assert layout.feature(batch, "is_access").shape == (2, 3)
+
+
+@pytest.mark.parametrize("k", [1, 63])
+def test_candidate_count_must_fit_the_scenario(k: int) -> None:
+    with pytest.raises(ValueError, match=r"n_candidates must lie in \[2, 62\]"):
+        CandidateView(load_scenario("city-grid"), k)
