@@ -13,6 +13,13 @@ Every source answers the same three calls::
 
 Sources are registered in :data:`MOBILITY` by name and built from a
 :class:`~mecrl.network.Topology` plus keyword parameters.
+
+The one-service environment advances a single user per step, where array
+operations cost more than the arithmetic they do. Each random source
+therefore also has a scalar step for a population of one, which repeats the
+array step operation for operation in Python floats (and NumPy's own
+functions wherever they could round differently from :mod:`math`), so a
+user's trajectory stays the same to the last bit.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from scipy.spatial import cKDTree
 from mecrl.config import ConfigError, check
 from mecrl.network import Topology
 from mecrl.registry import Registry
-from mecrl.rng import normals, uniforms
+from mecrl.rng import SlotDraws, normals, uniforms
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,18 @@ Points = npt.NDArray[np.float64]
 # A distance below which a user counts as standing on its waypoint; it only
 # guards the division that scales each step.
 _TINY_M = 1e-9
+
+# Two sites whose squared distances to a point differ by less than this
+# fraction count as tied; rounding alone moves them by about 1e-16.
+_TIE_FRACTION = 1e-9
+
+# The site grid has about this many cells per site, and at most _GRID_CELLS.
+_CELLS_PER_SITE = 64
+_GRID_CELLS = 65_536
+
+# Sites the grid considers per cell; a cell that could need more is left to
+# the k-d tree.
+_GRID_CANDIDATES = 8
 
 
 class MobilitySource(ABC):
@@ -97,7 +116,7 @@ class MobilitySource(ABC):
         """
         if self._key is None:
             raise RuntimeError("call reset before advance")
-        sites = self._step(self._key, self._users, self._slot + 1)
+        sites = self._step(self._slot + 1)
         self._slot += 1
         return sites.copy()
 
@@ -129,8 +148,8 @@ class MobilitySource(ABC):
         """Set up the state of ``users`` and return their sites at slot 0."""
 
     @abstractmethod
-    def _step(self, key: int, users: Sites, slot: int) -> Sites:
-        """Move the users to ``slot`` and return their sites."""
+    def _step(self, slot: int) -> Sites:
+        """Move the users of the last reset to ``slot`` and return their sites."""
 
 
 class RandomWalk(MobilitySource):
@@ -179,6 +198,7 @@ class RandomWalk(MobilitySource):
         self.move_prob = float(move_prob)
         self.start_site = start_site
         self._sites: Sites = np.empty(0, dtype=np.int64)
+        self._draws = SlotDraws(0, np.empty(0, dtype=np.int64), 1)
         self._build_moves(topology.neighbours)
 
     def _build_moves(self, neighbours: Sites) -> None:
@@ -194,10 +214,12 @@ class RandomWalk(MobilitySource):
         if self.move_prob == 0.0:
             moves = np.broadcast_to(stay, moves.shape)
         self._moves = np.hstack((moves, stay)).ravel()
+        self._move_list: list[int] = self._moves.tolist()
         self._width = width + 1
         self._scale = width / self.move_prob if self.move_prob > 0.0 else 0.0
 
     def _start(self, key: int, users: Sites) -> Sites:
+        self._draws = SlotDraws(key, users, 1)
         if self.start_site is not None:
             self._sites = np.full(len(users), self.start_site, dtype=np.int64)
         else:
@@ -205,19 +227,145 @@ class RandomWalk(MobilitySource):
             self._sites = (draw * self.topology.n_sites).astype(np.int64)
         return self._sites
 
-    def _step(self, key: int, users: Sites, slot: int) -> Sites:
-        draw = uniforms(key, users, slot, 1)[:, 0]
-        draw *= self._scale
-        column = np.minimum(draw, self._width - 1).astype(np.int64)
+    def _step(self, slot: int) -> Sites:
+        draw = self._draws.at(slot)[:, 0]
+        if len(draw) == 1:
+            # The array step below, in Python numbers for a single user.
+            column = int(min(float(draw[0]) * self._scale, self._width - 1))
+            site = self._move_list[int(self._sites[0]) * self._width + column]
+            self._sites = np.array([site], dtype=np.int64)
+            return self._sites
+        column = np.minimum(draw * self._scale, self._width - 1).astype(np.int64)
         self._sites = self._moves[self._sites * self._width + column]
         return self._sites
+
+
+class _SiteGrid:
+    """The nearest site to points: what a k-d tree query returns, but faster.
+
+    ``cKDTree.query`` costs about 170 ns per point and 9 µs per call, too much
+    for a single user per step and most of a 10,000-user step. This grid over
+    the bounding box of the sites lists, for each cell, every site that can be
+    nearest to a point of the cell: those within ``d + 2 h`` of its centre,
+    where ``d`` is the distance from the centre to its nearest site and ``h``
+    half the diagonal of the cell, enlarged a little against rounding. Most
+    cells list one site, which is then the answer. Elsewhere the listed sites
+    are compared, and a point whose two nearest sites are nearly tied, that
+    lies outside the grid, or whose cell could list more than
+    ``_GRID_CANDIDATES`` sites, is left to the tree, so every answer, ties
+    included, is the tree's.
+
+    Args:
+        positions_m: ``(M, 2)`` site positions.
+    """
+
+    def __init__(self, positions_m: Points) -> None:
+        self._tree = cKDTree(positions_m)
+        n_sites = len(positions_m)
+
+        # A box slightly larger than the sites', cut into near-square cells;
+        # the second bound on the cell keeps a flat box from needing more
+        # cells than asked for.
+        low_m, high_m = positions_m.min(axis=0), positions_m.max(axis=0)
+        pad_m = 1e-6 * max(float((high_m - low_m).max()), 1.0)
+        low_m, span_m = low_m - pad_m, high_m - low_m + 2.0 * pad_m
+        n_cells = min(_CELLS_PER_SITE * n_sites, _GRID_CELLS)
+        cell_m = max(math.sqrt(span_m.prod() / n_cells), span_m.max() / n_cells)
+        shape = np.ceil(span_m / cell_m).astype(np.int64)
+        size_m = span_m / shape
+        self._box: list[float] = [*low_m.tolist(), *(shape / span_m).tolist()]
+        self._n_columns, self._n_rows = int(shape[0]), int(shape[1])
+
+        # Candidates of each cell, nearest first, padded with the sentinel
+        # site n_sites, which lies infinitely far away. The half diagonal
+        # grows by a millionth to cover points rounded into the cell, the
+        # reach by a billionth to cover rounded distances.
+        axes = [low_m[a] + (np.arange(shape[a]) + 0.5) * size_m[a] for a in (0, 1)]
+        centres_m = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+        k = min(_GRID_CANDIDATES, n_sites)
+        distance_m, index = self._tree.query(centres_m.reshape(-1, 2), k=k)
+        distance_m = distance_m.reshape(-1, k)
+        half_m = (1.0 + 1e-6) * math.hypot(*size_m.tolist()) / 2.0
+        reach_m = (distance_m[:, :1] + 2.0 * half_m) * (1.0 + 1e-9)
+        listed = distance_m <= reach_m
+        self._count = listed.sum(axis=1)
+        if k < n_sites:
+            self._count[listed[:, -1]] = 0
+        width = max(1, int(self._count.max()))
+        self._table = np.where(listed, index.reshape(-1, k), n_sites)[:, :width]
+        self._x_m = np.append(positions_m[:, 0], np.inf)
+        self._y_m = np.append(positions_m[:, 1], np.inf)
+
+        # The same tables in Python numbers, for one point at a time.
+        self._count_list: list[int] = self._count.tolist()
+        self._first_list: list[int] = self._table[:, 0].tolist()
+        self._x_list: list[float] = self._x_m.tolist()
+        self._y_list: list[float] = self._y_m.tolist()
+
+    def sites(self, positions_m: Points) -> Sites:
+        """Return the nearest site to each row of an ``(N, 2)`` array."""
+        # Columns one at a time: operations along the short axis are slow.
+        low_x_m, low_y_m, scale_x, scale_y = self._box
+        x_m, y_m = positions_m[:, 0], positions_m[:, 1]
+        column, row = (x_m - low_x_m) * scale_x, (y_m - low_y_m) * scale_y
+        inside = (column >= 0.0) & (column < self._n_columns)
+        inside &= (row >= 0.0) & (row < self._n_rows)
+        cell = np.clip(column, 0, self._n_columns - 1).astype(np.int64) * self._n_rows
+        cell += np.clip(row, 0, self._n_rows - 1).astype(np.int64)
+        count = np.where(inside, self._count[cell], 0)
+        nearest = self._table[cell, 0]
+
+        # Where a cell lists several sites, keep the nearest and the
+        # squared distance of the runner-up.
+        several = np.flatnonzero(count > 1)
+        candidates = self._table[cell[several]]
+        x_m, y_m = x_m[several], y_m[several]
+        best = candidates[:, 0]
+        least = (self._x_m[best] - x_m) ** 2 + (self._y_m[best] - y_m) ** 2
+        second = np.full(len(several), np.inf)
+        for site in candidates[:, 1:].T:
+            squared = (self._x_m[site] - x_m) ** 2 + (self._y_m[site] - y_m) ** 2
+            closer = squared < least
+            second = np.where(closer, least, np.minimum(second, squared))
+            best = np.where(closer, site, best)
+            least = np.where(closer, squared, least)
+        nearest[several] = best
+
+        # The tree answers the rest.
+        clear = second > least * (1.0 + _TIE_FRACTION)
+        unsure = np.concatenate((np.flatnonzero(count == 0), several[~clear]))
+        if len(unsure):
+            nearest[unsure] = self._tree.query(positions_m[unsure])[1]
+        return nearest
+
+    def site(self, x_m: float, y_m: float) -> int:
+        """Return the nearest site to one point, as :meth:`sites` does."""
+        low_x_m, low_y_m, scale_x, scale_y = self._box
+        column, row = (x_m - low_x_m) * scale_x, (y_m - low_y_m) * scale_y
+        if 0.0 <= column < self._n_columns and 0.0 <= row < self._n_rows:
+            cell = int(column) * self._n_rows + int(row)
+            count = self._count_list[cell]
+            if count == 1:
+                return self._first_list[cell]
+            if count > 1:
+                best, least, second = -1, math.inf, math.inf
+                for site in self._table[cell].tolist():
+                    dx_m, dy_m = self._x_list[site] - x_m, self._y_list[site] - y_m
+                    squared = dx_m * dx_m + dy_m * dy_m
+                    if squared < least:
+                        best, least, second = site, squared, least
+                    elif squared < second:
+                        second = squared
+                if second > least * (1.0 + _TIE_FRACTION):
+                    return best
+        return int(self._tree.query((x_m, y_m))[1])
 
 
 class _ContinuousSource(MobilitySource):
     """A source of users moving in the bounding box of the sites.
 
-    Each user attaches to the site nearest to its position, found with a k-d
-    tree built once.
+    Each user attaches to the site nearest to its position, found with a
+    :class:`_SiteGrid` built once.
     """
 
     def __init__(self, topology: Topology, *, slot_s: float) -> None:
@@ -226,7 +374,10 @@ class _ContinuousSource(MobilitySource):
         self.slot_s = float(slot_s)
         self._low_m: Points = topology.positions_m.min(axis=0)
         self._span_m: Points = topology.positions_m.max(axis=0) - self._low_m
-        self._tree = cKDTree(topology.positions_m)
+        # The box again in Python floats, for the scalar steps.
+        self._low_xy: list[float] = self._low_m.tolist()
+        self._span_xy: list[float] = self._span_m.tolist()
+        self._grid = _SiteGrid(topology.positions_m)
         self._position_m: Points = np.empty((0, 2))
 
     @property
@@ -239,8 +390,11 @@ class _ContinuousSource(MobilitySource):
         return self._low_m + draws * self._span_m
 
     def _nearest_sites(self, positions_m: Points) -> Sites:
-        _, nearest = self._tree.query(positions_m)
-        return np.asarray(nearest, dtype=np.int64)
+        return self._grid.sites(positions_m)
+
+    def _nearest_site(self, x_m: float, y_m: float) -> Sites:
+        """Return the site nearest to one point, as a one-element array."""
+        return np.array([self._grid.site(x_m, y_m)], dtype=np.int64)
 
 
 class RandomWaypoint(_ContinuousSource):
@@ -289,15 +443,20 @@ class RandomWaypoint(_ContinuousSource):
         self._waypoint_m: Points = np.empty((0, 2))
         self._speed_mps = np.empty(0)
         self._pause = np.empty(0, dtype=np.int64)
+        self._draws = SlotDraws(0, np.empty(0, dtype=np.int64), 3)
 
     def _start(self, key: int, users: Sites) -> Sites:
         draws = uniforms(key, users, 0, 5)
         self._position_m = self._uniform_points(draws[:, 0:2])
         self._waypoint_m, self._speed_mps = self._trips(draws[:, 2:5])
         self._pause = np.zeros(len(users), dtype=np.int64)
+        self._draws = SlotDraws(key, users, 3)
         return self._nearest_sites(self._position_m)
 
-    def _step(self, key: int, users: Sites, slot: int) -> Sites:
+    def _step(self, slot: int) -> Sites:
+        draws = self._draws.at(slot)
+        if len(draws) == 1:
+            return self._step_one(draws[0].tolist())
         moving = self._pause == 0
         offset_m = self._waypoint_m - self._position_m
         remaining_m = np.hypot(offset_m[:, 0], offset_m[:, 1])
@@ -313,10 +472,42 @@ class RandomWaypoint(_ContinuousSource):
         # know their next trip.
         self._pause = np.where(moving, 0, self._pause - 1)
         self._pause[arrived] = self.pause_slots
-        waypoint_m, speed_mps = self._trips(uniforms(key, users, slot, 3))
+        waypoint_m, speed_mps = self._trips(draws)
         self._waypoint_m = np.where(arrived[:, None], waypoint_m, self._waypoint_m)
         self._speed_mps = np.where(arrived, speed_mps, self._speed_mps)
         return self._nearest_sites(self._position_m)
+
+    def _step_one(self, draws: list[float]) -> Sites:
+        """:meth:`_step` for a single user, in Python floats."""
+        x_m, y_m = self._position_m[0].tolist()
+        to_x_m, to_y_m = self._waypoint_m[0].tolist()
+        speed_mps, pause = float(self._speed_mps[0]), int(self._pause[0])
+
+        # As in the array step, a waiting user moves by a zero offset.
+        offset_x_m, offset_y_m = to_x_m - x_m, to_y_m - y_m
+        stride_m = speed_mps * self.slot_s
+        arrived, fraction = False, 0.0
+        if pause == 0:
+            remaining_m = float(np.hypot(offset_x_m, offset_y_m))
+            arrived = remaining_m <= stride_m
+            fraction = stride_m / max(remaining_m, _TINY_M)
+        if arrived:
+            x_m, y_m = to_x_m, to_y_m
+        else:
+            x_m, y_m = x_m + offset_x_m * fraction, y_m + offset_y_m * fraction
+        self._position_m = np.array([[x_m, y_m]])
+
+        if arrived:
+            self._pause[0] = self.pause_slots
+            (low_x_m, low_y_m), (span_x_m, span_y_m) = self._low_xy, self._span_xy
+            self._waypoint_m = np.array(
+                [[low_x_m + draws[0] * span_x_m, low_y_m + draws[1] * span_y_m]]
+            )
+            speed_range = self.speed_max_mps - self.speed_min_mps
+            self._speed_mps[0] = self.speed_min_mps + draws[2] * speed_range
+        elif pause > 0:
+            self._pause[0] = pause - 1
+        return self._nearest_site(x_m, y_m)
 
     def _trips(self, draws: Points) -> tuple[Points, npt.NDArray[np.float64]]:
         """Turn three uniform draws per user into a waypoint and a speed."""
@@ -382,6 +573,7 @@ class GaussMarkov(_ContinuousSource):
         self._speed_mps = np.empty(0)
         self._heading_rad = np.empty(0)
         self._mean_heading_rad = np.empty(0)
+        self._draws = SlotDraws(0, np.empty(0, dtype=np.int64), 2, normal=True)
 
     def _start(self, key: int, users: Sites) -> Sites:
         draws = uniforms(key, users, 0, 3)
@@ -390,17 +582,73 @@ class GaussMarkov(_ContinuousSource):
         self._heading_rad = self._mean_heading_rad.copy()
         noise = normals(key, users, 0, 1)[:, 0]
         self._speed_mps = self.mean_speed_mps + self.speed_std_mps * noise
+        self._draws = SlotDraws(key, users, 2, normal=True)
         return self._nearest_sites(self._position_m)
 
-    def _step(self, key: int, users: Sites, slot: int) -> Sites:
+    def _step(self, slot: int) -> Sites:
+        noise = self._draws.at(slot)
+        if len(noise) == 1:
+            return self._step_one(noise[0].tolist())
         stride_m = np.maximum(self._speed_mps, 0.0) * self.slot_s
         heading = self._heading_rad
         moved_m = self._position_m + stride_m[:, None] * np.column_stack(
             (np.cos(heading), np.sin(heading))
         )
         self._position_m = self._reflect(moved_m)
-        self._update_velocity(normals(key, users, slot, 2))
+        self._update_velocity(noise)
         return self._nearest_sites(self._position_m)
+
+    def _step_one(self, noise: list[float]) -> Sites:
+        """:meth:`_step` for a single user, in Python floats."""
+        speed_mps = float(self._speed_mps[0])
+        heading_rad = float(self._heading_rad[0])
+        mean_rad = float(self._mean_heading_rad[0])
+
+        # Move; np.maximum returns +0.0 for a speed of -0.0, and so does this.
+        stride_m = (speed_mps if speed_mps > 0.0 else 0.0) * self.slot_s
+        x_m, y_m = self._position_m[0].tolist()
+        moved_m = (
+            x_m + stride_m * float(np.cos(heading_rad)),
+            y_m + stride_m * float(np.sin(heading_rad)),
+        )
+
+        # Reflect off the walls, as _reflect does.
+        folded_m = []
+        for axis, (value_m, low_m, span_m) in enumerate(
+            zip(moved_m, self._low_xy, self._span_xy, strict=True)
+        ):
+            if span_m == 0.0:
+                folded_m.append(low_m)
+                continue
+            copies = (value_m - low_m) / span_m
+            index = float(np.floor(copies))
+            within = copies - index
+            if index % 2 == 1:
+                folded_m.append(low_m + span_m * (1.0 - within))
+                offset = math.pi if axis == 0 else 0.0
+                heading_rad, mean_rad = offset - heading_rad, offset - mean_rad
+            else:
+                folded_m.append(low_m + span_m * within)
+        self._position_m = np.array([folded_m])
+
+        # Update the velocity, as _update_velocity does.
+        alpha = self.alpha
+        innovation = math.sqrt(1.0 - alpha * alpha)
+        speed_mps = (
+            alpha * speed_mps
+            + (1.0 - alpha) * self.mean_speed_mps
+            + innovation * self.speed_std_mps * noise[0]
+        )
+        heading_rad = (
+            alpha * heading_rad
+            + (1.0 - alpha) * mean_rad
+            + innovation * self.heading_std_rad * noise[1]
+        )
+        turns = float(np.rint(mean_rad / (2.0 * math.pi)))
+        self._speed_mps = np.array([speed_mps])
+        self._mean_heading_rad = np.array([mean_rad - 2.0 * math.pi * turns])
+        self._heading_rad = np.array([heading_rad - 2.0 * math.pi * turns])
+        return self._nearest_site(*folded_m)
 
     def _update_velocity(self, noise: Points) -> None:
         alpha = self.alpha
@@ -418,7 +666,7 @@ class GaussMarkov(_ContinuousSource):
 
         # Shift both angles by the same whole turns so they stay small
         # without changing their difference.
-        turns = np.round(self._mean_heading_rad / (2.0 * math.pi))
+        turns = np.rint(self._mean_heading_rad / (2.0 * math.pi))
         self._mean_heading_rad -= 2.0 * math.pi * turns
         self._heading_rad -= 2.0 * math.pi * turns
 
@@ -525,15 +773,15 @@ class Replay(MobilitySource):
                 "users", f"user {never_seen[0]} never appears in the trace"
             )
         self._sites = self._first_seen[users]
-        return self._step(key, users, 0)
+        return self._step(0)
 
-    def _step(self, key: int, users: Sites, slot: int) -> Sites:
+    def _step(self, slot: int) -> Sites:
         if slot >= self.n_slots:
             raise ValueError(
                 f"the trace records only {self.n_slots} slots; slot {slot} is "
                 "past its end"
             )
-        recorded = self._recorded[slot, users]
+        recorded = self._recorded[slot, self._users]
         self._sites = np.where(recorded >= 0, recorded, self._sites)
         return self._sites
 

@@ -2,6 +2,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from mecrl.mobility import (
     MOBILITY,
@@ -10,8 +11,15 @@ from mecrl.mobility import (
     RandomWalk,
     RandomWaypoint,
     Replay,
+    _SiteGrid,
 )
-from mecrl.network import Topology, hex_topology, line_topology
+from mecrl.network import (
+    Topology,
+    hex_topology,
+    line_topology,
+    random_geometric_topology,
+)
+from mecrl.rng import uniforms
 
 HEX = hex_topology(rings=4, spacing_m=500.0)
 
@@ -23,6 +31,26 @@ SOURCES: dict[str, Callable[[], MobilitySource]] = {
     "random-waypoint": lambda: RandomWaypoint(HEX, slot_s=30.0, pause_slots=1),
     "gauss-markov": lambda: GaussMarkov(HEX, slot_s=30.0, alpha=0.6),
 }
+
+# Settings that reach the corners of each step: arrivals every few slots,
+# a flat box, many reflections, a fixed start.
+LINE = line_topology(n_sites=9)
+CORNER_CASES: dict[str, Callable[[], MobilitySource]] = {
+    "random-walk-line-start": lambda: RandomWalk(LINE, move_prob=1.0, start_site=4),
+    "random-waypoint-fast": lambda: RandomWaypoint(
+        HEX, slot_s=60.0, speed_min_mps=500.0, speed_max_mps=1000.0, pause_slots=2
+    ),
+    "random-waypoint-line": lambda: RandomWaypoint(
+        LINE, slot_s=30.0, speed_min_mps=50.0, speed_max_mps=90.0
+    ),
+    "gauss-markov-fast": lambda: GaussMarkov(
+        HEX, slot_s=60.0, alpha=0.9, mean_speed_mps=80.0
+    ),
+    "gauss-markov-line": lambda: GaussMarkov(
+        LINE, slot_s=30.0, alpha=0.3, mean_speed_mps=50.0
+    ),
+}
+ALL_SOURCES = {**SOURCES, **CORNER_CASES}
 
 
 def _interior(topology: Topology) -> np.ndarray:
@@ -45,11 +73,77 @@ def test_trace_is_deterministic_per_key(name: str) -> None:
     assert not np.array_equal(first, source.trace(6, users, 20))
 
 
-@pytest.mark.parametrize("name", SOURCES)
+@pytest.mark.parametrize("name", ALL_SOURCES)
 def test_a_user_moves_the_same_alone_or_in_a_crowd(name: str) -> None:
-    crowd = SOURCES[name]().trace(11, np.arange(500), 40)
-    alone = SOURCES[name]().trace(11, np.array([7]), 40)
+    # A single user takes the scalar step and reads its draws 256 slots
+    # ahead; 300 slots cross a refill.
+    build = ALL_SOURCES[name]
+    crowd = build().trace(11, np.arange(500), 300)
+    alone = build().trace(11, np.array([7]), 300)
+    pair = build().trace(11, np.array([7, 321]), 300)
     np.testing.assert_array_equal(alone[:, 0], crowd[:, 7])
+    np.testing.assert_array_equal(pair, crowd[:, [7, 321]])
+
+
+@pytest.mark.parametrize(
+    "name", ["random-waypoint", "gauss-markov", *list(CORNER_CASES)[1:]]
+)
+def test_a_user_alone_keeps_the_exact_position_it_has_in_a_crowd(name: str) -> None:
+    # Eight users, each alone, so that a function that rounds differently
+    # from NumPy's (math.hypot does so about once in 200 calls) shows up.
+    build = ALL_SOURCES[name]
+    crowd = build()
+    alone = [build() for _ in range(8)]
+    assert isinstance(crowd, RandomWaypoint | GaussMarkov)
+    crowd.reset(4, np.arange(300))
+    for user, source in enumerate(alone):
+        source.reset(4, np.array([user]))
+    for _ in range(300):
+        crowd.advance()
+        for user, source in enumerate(alone):
+            source.advance()
+            assert isinstance(source, RandomWaypoint | GaussMarkov)
+            bits = source.positions_m.view(np.uint64)
+            expected = crowd.positions_m[user : user + 1].view(np.uint64)
+            np.testing.assert_array_equal(bits, expected)
+
+
+@pytest.mark.parametrize("users", [[7], [3, 1, 40]])
+def test_walk_follows_the_uniform_draw_of_each_slot(users: list[int]) -> None:
+    move_prob, ids = 0.3, np.array(users)
+    walk = RandomWalk(HEX, move_prob=move_prob)
+    sites = walk.reset(5, ids)
+    start = (uniforms(5, ids, 0, 1)[:, 0] * HEX.n_sites).astype(np.int64)
+    np.testing.assert_array_equal(sites, start)
+
+    # Column K of the movement table, past its end, means staying.
+    width = HEX.neighbours.shape[1]
+    table = np.column_stack((HEX.neighbours, np.full(HEX.n_sites, -1)))
+    for slot in range(1, 600):
+        draw = uniforms(5, ids, slot, 1)[:, 0]
+        column = np.minimum(draw * (width / move_prob), width).astype(np.int64)
+        target = table[sites, column]
+        sites = np.where(target >= 0, target, sites)
+        np.testing.assert_array_equal(walk.advance(), sites)
+
+
+def test_walk_gives_the_values_it_always_gave() -> None:
+    # Recorded before the draws were read ahead and single users stepped in
+    # Python numbers; the walk uses no floating-point function that could
+    # round differently on another machine.
+    trace = RandomWalk(HEX, move_prob=0.3).trace(11, np.array([7]), 600)[:, 0]
+    assert trace[:24].tolist() == [
+        *[54, 54, 54, 54, 55, 32, 32, 32, 32, 32, 32, 32],
+        *[31, 31, 31, 32, 32, 32, 32, 33, 33, 33, 33, 17],
+    ]
+    assert int(trace.sum()) == 16716
+    assert int(trace @ np.arange(600)) == 4702268
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_an_empty_population_has_no_sites(name: str) -> None:
+    trace = SOURCES[name]().trace(1, np.empty(0, dtype=np.int64), 3)
+    assert trace.shape == (3, 0)
 
 
 @pytest.mark.parametrize("name", SOURCES)
@@ -172,6 +266,47 @@ def test_continuous_sources_stay_in_the_box_and_use_the_nearest_site(
         _assert_in_box_and_nearest(source, sites)
 
 
+SITE_LAYOUTS = {
+    "hex": HEX.positions_m,
+    "ring": line_topology(n_sites=12, ring=True).positions_m,
+    "line": LINE.positions_m,
+    "one-site": hex_topology(rings=0).positions_m,
+    "random": random_geometric_topology(n_sites=150, seed=3).positions_m,
+    "doubled": np.array([[0.0, 0.0], [0.0, 0.0], [900.0, 0.0], [450.0, 800.0]]),
+    # A far outlier makes cells too coarse to list every candidate.
+    "clustered": np.vstack(
+        (np.random.default_rng(1).normal(0.0, 1.0, (20, 2)), [[1e5, 1e5]])
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SITE_LAYOUTS)
+def test_site_grid_returns_the_tree_site_even_on_ties(name: str) -> None:
+    positions = SITE_LAYOUTS[name]
+    low, high = positions.min(axis=0), positions.max(axis=0)
+    rng = np.random.default_rng(0)
+    points = np.vstack(
+        (
+            low + rng.random((4000, 2)) * (high - low),
+            # Around the box, partly outside it.
+            low - 1.0 + rng.random((500, 2)) * (high - low + 2.0) * 1.2,
+            positions,
+            # Midpoints of two sites are tied, often to the last bit.
+            ((positions[:, None] + positions[None]) / 2.0).reshape(-1, 2),
+        )
+    )
+    tree = cKDTree(positions)
+    expected = tree.query(points)[1]
+    if len(positions) > 1:
+        distance = tree.query(points, k=2)[0]
+        assert np.any(distance[:, 0] == distance[:, 1])
+
+    grid = _SiteGrid(positions)
+    np.testing.assert_array_equal(grid.sites(points), expected)
+    one_by_one = [grid.site(x, y) for x, y in points.tolist()]
+    np.testing.assert_array_equal(one_by_one, expected)
+
+
 def test_random_waypoint_respects_the_speed_limit() -> None:
     source = RandomWaypoint(HEX, slot_s=10.0, speed_min_mps=2.0, speed_max_mps=3.0)
     source.reset(0, np.arange(300))
@@ -286,7 +421,8 @@ def test_replay_errors_name_the_problem() -> None:
 
 
 def test_registry_builds_each_source_by_name() -> None:
-    assert set(MOBILITY.names()) == {
+    # mecrl.datasets adds its replays when it is imported.
+    assert set(MOBILITY.names()) >= {
         "random-walk",
         "random-waypoint",
         "gauss-markov",

@@ -246,7 +246,7 @@ def test_registry_builds_each_topology_by_name() -> None:
     assert TOPOLOGIES.get("hex")(rings=1).n_sites == 7
     assert TOPOLOGIES.get("line")(n_sites=3, ring=True).neighbours.shape == (3, 2)
     assert TOPOLOGIES.get("random-geometric")(n_sites=5, seed=2).n_sites == 5
-    with pytest.raises(KeyError, match="known: hex, line, random-geometric"):
+    with pytest.raises(KeyError, match=r"known: .*hex, line, random-geometric"):
         TOPOLOGIES.get("torus")
 
 

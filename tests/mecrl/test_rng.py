@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mecrl.rng import derive_key, normals, uniforms
+from mecrl.rng import SlotDraws, derive_key, normals, uniforms
 
 
 def test_uniforms_shape_dtype_and_range() -> None:
@@ -83,6 +83,10 @@ def test_draw_does_not_change_when_more_are_drawn() -> None:
     np.testing.assert_array_equal(
         uniforms(3, users, 1, 5)[:, :2], uniforms(3, users, 1, 2)
     )
+    # Many draws are hashed as arrays rather than Python integers.
+    np.testing.assert_array_equal(
+        uniforms(3, users, 1, 40)[:, :2], uniforms(3, users, 1, 2)
+    )
     np.testing.assert_array_equal(
         normals(3, users, 1, 5)[:, :3], normals(3, users, 1, 3)
     )
@@ -137,3 +141,64 @@ def test_bad_arguments_are_rejected(
     for draw in (uniforms, normals):
         with pytest.raises(ValueError, match=message):
             draw(key, np.asarray(users), slot, count)  # type: ignore[arg-type]
+
+
+def _assert_same_bits(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.shape == expected.shape
+    np.testing.assert_array_equal(actual.view(np.uint64), expected.view(np.uint64))
+
+
+@pytest.mark.parametrize("n_users", [1, 3, 700, 3000, 9000])
+@pytest.mark.parametrize(
+    ("count", "normal"), [(1, False), (3, False), (2, True), (3, True)]
+)
+def test_slot_draws_equal_the_draws_of_each_slot(
+    n_users: int, count: int, normal: bool
+) -> None:
+    # The slots cross several blocks, of 256 slots for a few users down to a
+    # single slot for 9,000.
+    users = np.arange(n_users) * 7 + 5
+    draws = SlotDraws(2**63 + 9, users, count, normal=normal)
+    draw = normals if normal else uniforms
+    slots = range(600) if n_users < 1000 else range(20)
+    for slot in slots:
+        _assert_same_bits(draws.at(slot), draw(2**63 + 9, users, slot, count))
+
+
+def test_slot_draws_read_any_slot_in_any_order() -> None:
+    users = np.array([4, 0, 2**40])
+    draws = SlotDraws(8, users, 2)
+    for slot in (300, 5, 299, 2**64 - 1, 2**64 - 300, 0):
+        _assert_same_bits(draws.at(slot), uniforms(8, users, slot, 2))
+
+
+def test_slot_draws_are_read_only() -> None:
+    values = SlotDraws(1, np.array([3]), 2).at(4)
+    with pytest.raises(ValueError, match="read-only"):
+        values[0, 0] = 0.5
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((-1, [0], 1), "key"),
+        ((2**64, [0], 1), "key"),
+        ((0, [-3], 1), "users"),
+        ((0, [[0, 1]], 1), "users"),
+        ((0, [0], 0), "count"),
+    ],
+)
+def test_slot_draws_reject_bad_arguments(
+    arguments: tuple[object, ...], message: str
+) -> None:
+    key, users, count = arguments
+    with pytest.raises(ValueError, match=message):
+        SlotDraws(key, np.asarray(users), count)  # type: ignore[arg-type]
+
+
+def test_slot_draws_reject_a_slot_out_of_range() -> None:
+    draws = SlotDraws(0, np.array([1]), 1)
+    with pytest.raises(ValueError, match="slot"):
+        draws.at(-1)
+    with pytest.raises(ValueError, match="slot"):
+        draws.at(2**64)
