@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
+import numpy as np
 import yaml
 
 T = TypeVar("T")
@@ -40,6 +41,40 @@ def check(condition: bool, field: str, message: str) -> None:
     """Raise :class:`ConfigError` for ``field`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(field, message)
+
+
+def is_number(value: Any) -> bool:
+    """Return whether ``value`` is a finite real number (not a bool)."""
+    is_real = isinstance(value, int | float | np.integer | np.floating)
+    return is_real and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_positive(field: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number > 0."""
+    check(
+        is_number(value) and value > 0,
+        field,
+        f"must be a finite number > 0, got {value!r}",
+    )
+
+
+def check_non_negative(field: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number >= 0."""
+    check(
+        is_number(value) and value >= 0,
+        field,
+        f"must be a finite number >= 0, got {value!r}",
+    )
+
+
+def check_integer(field: str, value: Any, *, minimum: int) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer >= ``minimum``."""
+    check(
+        isinstance(value, int | np.integer) and not isinstance(value, bool),
+        field,
+        f"must be an integer, got {value!r}",
+    )
+    check(value >= minimum, field, f"must be at least {minimum}, got {value}")
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

@@ -35,7 +35,14 @@ import numpy as np
 import numpy.typing as npt
 from scipy.spatial import cKDTree
 
-from mecrl.config import ConfigError, check
+from mecrl.config import (
+    ConfigError,
+    check,
+    check_integer,
+    check_non_negative,
+    check_positive,
+    is_number,
+)
 from mecrl.network import Topology
 from mecrl.registry import Registry
 from mecrl.rng import SlotDraws, normals, uniforms
@@ -135,7 +142,7 @@ class MobilitySource(ABC):
         Raises:
             ValueError: If an argument is invalid.
         """
-        _check_integer("n_slots", n_slots, minimum=1)
+        check_integer("n_slots", n_slots, minimum=1)
         first = self.reset(key, users)
         table = np.empty((n_slots, len(first)), dtype=np.int64)
         table[0] = first
@@ -184,12 +191,12 @@ class RandomWalk(MobilitySource):
     ) -> None:
         super().__init__(topology)
         check(
-            _is_number(move_prob) and 0.0 <= move_prob <= 1.0,
+            is_number(move_prob) and 0.0 <= move_prob <= 1.0,
             "move_prob",
             f"must be a probability in [0, 1], got {move_prob!r}",
         )
         if start_site is not None:
-            _check_integer("start_site", start_site, minimum=0)
+            check_integer("start_site", start_site, minimum=0)
             check(
                 start_site < topology.n_sites,
                 "start_site",
@@ -370,7 +377,7 @@ class _ContinuousSource(MobilitySource):
 
     def __init__(self, topology: Topology, *, slot_s: float) -> None:
         super().__init__(topology)
-        _check_positive("slot_s", slot_s)
+        check_positive("slot_s", slot_s)
         self.slot_s = float(slot_s)
         self._low_m: Points = topology.positions_m.min(axis=0)
         self._span_m: Points = topology.positions_m.max(axis=0) - self._low_m
@@ -429,14 +436,14 @@ class RandomWaypoint(_ContinuousSource):
         pause_slots: int = 0,
     ) -> None:
         super().__init__(topology, slot_s=slot_s)
-        _check_positive("speed_min_mps", speed_min_mps)
-        _check_positive("speed_max_mps", speed_max_mps)
+        check_positive("speed_min_mps", speed_min_mps)
+        check_positive("speed_max_mps", speed_max_mps)
         check(
             speed_max_mps >= speed_min_mps,
             "speed_max_mps",
             f"must be >= speed_min_mps ({speed_min_mps}), got {speed_max_mps}",
         )
-        _check_integer("pause_slots", pause_slots, minimum=0)
+        check_integer("pause_slots", pause_slots, minimum=0)
         self.speed_min_mps = float(speed_min_mps)
         self.speed_max_mps = float(speed_max_mps)
         self.pause_slots = int(pause_slots)
@@ -559,13 +566,13 @@ class GaussMarkov(_ContinuousSource):
     ) -> None:
         super().__init__(topology, slot_s=slot_s)
         check(
-            _is_number(alpha) and 0.0 <= alpha <= 1.0,
+            is_number(alpha) and 0.0 <= alpha <= 1.0,
             "alpha",
             f"must be in [0, 1], got {alpha!r}",
         )
-        _check_non_negative("mean_speed_mps", mean_speed_mps)
-        _check_non_negative("speed_std_mps", speed_std_mps)
-        _check_non_negative("heading_std_rad", heading_std_rad)
+        check_non_negative("mean_speed_mps", mean_speed_mps)
+        check_non_negative("speed_std_mps", speed_std_mps)
+        check_non_negative("heading_std_rad", heading_std_rad)
         self.alpha = float(alpha)
         self.mean_speed_mps = float(mean_speed_mps)
         self.speed_std_mps = float(speed_std_mps)
@@ -752,7 +759,7 @@ class Replay(MobilitySource):
         Raises:
             ValueError: Also if more slots are asked for than were recorded.
         """
-        _check_integer("n_slots", n_slots, minimum=1)
+        check_integer("n_slots", n_slots, minimum=1)
         check(
             n_slots <= self.n_slots,
             "n_slots",
@@ -814,28 +821,6 @@ def _checked_users(users: npt.ArrayLike) -> Sites:
     )
     check(not ids.size or ids.min() >= 0, "users", "ids must be non-negative")
     return ids.astype(np.int64)
-
-
-def _is_number(value: Any) -> bool:
-    is_real = isinstance(value, int | float | np.integer | np.floating)
-    return is_real and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    check(_is_number(value) and value > 0, name, f"must be > 0, got {value!r}")
-
-
-def _check_non_negative(name: str, value: Any) -> None:
-    check(_is_number(value) and value >= 0, name, f"must be >= 0, got {value!r}")
-
-
-def _check_integer(name: str, value: Any, *, minimum: int) -> None:
-    check(
-        isinstance(value, int | np.integer) and not isinstance(value, bool),
-        name,
-        f"must be an integer, got {value!r}",
-    )
-    check(value >= minimum, name, f"must be at least {minimum}, got {value}")
 
 
 MOBILITY.add("random-walk", RandomWalk)

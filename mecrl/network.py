@@ -24,7 +24,7 @@ from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from mecrl.config import check
+from mecrl.config import check, check_integer, check_positive, is_number
 from mecrl.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -116,12 +116,8 @@ class CloudLink:
     """Bandwidth of each site's link to the cloud."""
 
     def __post_init__(self) -> None:
-        check(_is_positive(self.rtt_ms), "rtt_ms", f"must be > 0, got {self.rtt_ms}")
-        check(
-            _is_positive(self.bandwidth_mbps),
-            "bandwidth_mbps",
-            f"must be > 0, got {self.bandwidth_mbps}",
-        )
+        check_positive("rtt_ms", self.rtt_ms)
+        check_positive("bandwidth_mbps", self.bandwidth_mbps)
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,12 +194,12 @@ class Network:
                 ``propagation_m_per_s`` is not positive.
         """
         check(
-            _is_non_negative(per_hop_ms),
+            (is_number(per_hop_ms) and per_hop_ms >= 0),
             "per_hop_ms",
             f"must be >= 0, got {per_hop_ms}",
         )
         check(
-            _is_positive(propagation_m_per_s),
+            (is_number(propagation_m_per_s) and propagation_m_per_s > 0),
             "propagation_m_per_s",
             f"must be > 0, got {propagation_m_per_s}",
         )
@@ -247,9 +243,9 @@ def line_topology(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _check_count("n_sites", n_sites, minimum=3 if ring else 1)
-    _check_positive("spacing_m", spacing_m)
-    _check_positive("bandwidth_mbps", bandwidth_mbps)
+    check_integer("n_sites", n_sites, minimum=3 if ring else 1)
+    check_positive("spacing_m", spacing_m)
+    check_positive("bandwidth_mbps", bandwidth_mbps)
 
     sites = np.arange(n_sites, dtype=np.int64)
     left, right = sites - 1, sites + 1
@@ -296,9 +292,9 @@ def hex_topology(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _check_count("rings", rings, minimum=0)
-    _check_positive("spacing_m", spacing_m)
-    _check_positive("bandwidth_mbps", bandwidth_mbps)
+    check_integer("rings", rings, minimum=0)
+    check_positive("spacing_m", spacing_m)
+    check_positive("bandwidth_mbps", bandwidth_mbps)
 
     cells = list(_hex_cells(rings))
     index = {cell: i for i, cell in enumerate(cells)}
@@ -353,11 +349,11 @@ def random_geometric_topology(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _check_count("n_sites", n_sites, minimum=1)
-    _check_positive("area_m", area_m)
-    _check_positive("radius_m", radius_m)
-    _check_positive("bandwidth_mbps", bandwidth_mbps)
-    _check_count("seed", seed, minimum=0)
+    check_integer("n_sites", n_sites, minimum=1)
+    check_positive("area_m", area_m)
+    check_positive("radius_m", radius_m)
+    check_positive("bandwidth_mbps", bandwidth_mbps)
+    check_integer("seed", seed, minimum=0)
 
     positions = np.random.default_rng(seed).uniform(0.0, area_m, size=(n_sites, 2))
     graph = _empty_graph(n_sites)
@@ -543,49 +539,22 @@ def _check_graph(graph: nx.Graph, n_sites: int) -> None:
         for name in ("length_m", "bandwidth_mbps"):
             check(name in attrs, "graph", f"edge ({i}, {j}) has no {name!r}")
         check(
-            _is_non_negative(attrs["length_m"]),
+            (is_number(attrs["length_m"]) and attrs["length_m"] >= 0),
             "graph",
             f"edge ({i}, {j}) length_m must be >= 0, got {attrs['length_m']}",
         )
         check(
-            _is_positive(attrs["bandwidth_mbps"]),
+            (is_number(attrs["bandwidth_mbps"]) and attrs["bandwidth_mbps"] > 0),
             "graph",
             f"edge ({i}, {j}) bandwidth_mbps must be > 0, "
             f"got {attrs['bandwidth_mbps']}",
         )
         delay = attrs.get("delay_ms", 0.0)
         check(
-            _is_non_negative(delay),
+            (is_number(delay) and delay >= 0),
             "graph",
             f"edge ({i}, {j}) delay_ms must be >= 0, got {delay}",
         )
-
-
-def _is_positive(value: Any) -> bool:
-    return _is_number(value) and 0 < value < math.inf
-
-
-def _is_non_negative(value: Any) -> bool:
-    return _is_number(value) and 0 <= value < math.inf
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool
-    )
-
-
-def _check_positive(name: str, value: Any) -> None:
-    check(_is_positive(value), name, f"must be a finite number > 0, got {value!r}")
-
-
-def _check_count(name: str, value: Any, *, minimum: int) -> None:
-    check(
-        isinstance(value, int | np.integer) and not isinstance(value, bool),
-        name,
-        f"must be an integer, got {value!r}",
-    )
-    check(value >= minimum, name, f"must be at least {minimum}, got {value}")
 
 
 TOPOLOGIES.add("line", line_topology)
