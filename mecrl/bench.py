@@ -79,8 +79,9 @@ def step_time_by_length(
 ) -> dict[int, float]:
     """Median single-env step time (us) late in episodes of each length.
 
-    Each episode runs to its end; the last ``window`` steps are timed one by
-    one, so a cost growing with the slot index would show.
+    Each episode runs to its end; its last ``window`` steps (all of them in
+    shorter episodes) are timed one by one, so a cost growing with the slot
+    index would show.
     """
     config = load_config(scenario)
     result = {}
@@ -142,7 +143,7 @@ def run(quick: bool = False) -> list[Figure]:
             "service-steps/s",
         ),
     ]
-    for length, micros in step_time_by_length("city-grid", lengths, 100).items():
+    for length, micros in step_time_by_length("city-grid", lengths, 1000).items():
         figures.append(
             Figure(f"single env step time at episode length {length:,}", micros, "us")
         )
