@@ -89,7 +89,7 @@ def _scenario_list(args: argparse.Namespace) -> int:
     for name in SCENARIOS.names():
         config = load_config(name)
         summary = _first_sentence(config.description)
-        print(f"{name:<16} {summary}")
+        print(f"{name:<20} {summary}")
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+import mecrl.datasets  # noqa: F401  registers dataset-backed topologies and mobility
 from mecrl.config import ConfigError, check, from_dict, load_file, to_dict
 from mecrl.constraints import Constraints
 from mecrl.costs import CostConfig, HopCost
@@ -132,8 +133,15 @@ class ScenarioConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ScenarioConfig:
-        """Load a scenario config from a YAML or TOML file."""
-        return from_dict(cls, load_file(path))
+        """Load a scenario config from a YAML or TOML file.
+
+        A relative ``calibration`` path is taken from the file's folder.
+        """
+        data = load_file(path)
+        calibration = data.get("calibration")
+        if isinstance(calibration, str) and not Path(calibration).is_absolute():
+            data["calibration"] = str(Path(path).parent / calibration)
+        return from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain data."""
@@ -292,7 +300,9 @@ def load_config(name_or_path: str | Path) -> ScenarioConfig:
         KeyError: If it is neither a registered name nor an existing file.
     """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml", ".toml") and path.exists():
+    if path.suffix in (".yaml", ".yml", ".toml"):
+        if not path.exists():
+            raise FileNotFoundError(f"scenario file {str(path)!r} does not exist")
         return ScenarioConfig.from_file(path)
     return SCENARIOS.get(str(name_or_path))()
 

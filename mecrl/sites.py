@@ -16,6 +16,9 @@ from mecrl.runtimes import RUNTIME_NAMES
 CLOUD_ZONE = "cloud"
 """Trust zone of the cloud site."""
 
+HOST_SELECTIONS: tuple[str, ...] = ("random", "evenly-spaced")
+"""Ways of choosing the hosting sites (see ``SitesConfig.host_selection``)."""
+
 
 @dataclass(frozen=True)
 class CloudConfig:
@@ -46,6 +49,11 @@ class SitesConfig:
     host_fraction: float = 1.0
     """Share of edge sites that host services; the others are radio cells
     only: users attach to them, but no service can run there."""
+    host_selection: str = "random"
+    """Which sites host: ``random`` (drawn with the scenario's seed) or
+    ``evenly-spaced`` (sites ``round(k * M / H) - 1`` for ``k = 1..H``,
+    rounding halves up: every (M/H)-th site in index order, as Wang et al.
+    chose 100 of their 209 real cells)."""
     kata_fraction: float = 1.0
     """Share of hosting sites with hardware virtualisation (they offer Kata
     as well as runc); the others offer runc only."""
@@ -71,6 +79,11 @@ class SitesConfig:
             self.background_tenants >= 0,
             "background_tenants",
             f"must be >= 0, got {self.background_tenants}",
+        )
+        check(
+            self.host_selection in HOST_SELECTIONS,
+            "host_selection",
+            f"must be one of {', '.join(HOST_SELECTIONS)}; got {self.host_selection!r}",
         )
         check(len(self.zones) > 0, "zones", "must name at least one zone")
         check(len(set(self.zones)) == len(self.zones), "zones", "zone names repeat")
@@ -137,7 +150,12 @@ def build_sites(
             tenants, layer caches).
     """
     n_edge = positions_m.shape[0]
-    hosts = rng.permutation(n_edge)[: max(1, round(config.host_fraction * n_edge))]
+    n_hosts = max(1, round(config.host_fraction * n_edge))
+    if config.host_selection == "evenly-spaced":
+        # round(k * M / H) - 1, halves up, in integers so that it is exact
+        hosts = (np.arange(1, n_hosts + 1) * n_edge * 2 + n_hosts) // (2 * n_hosts) - 1
+    else:
+        hosts = rng.permutation(n_edge)[:n_hosts]
     runtimes = np.zeros((n_edge, len(RUNTIME_NAMES)), dtype=bool)
     runtimes[hosts, RUNTIME_NAMES.index("runc")] = True
     n_kata = round(config.kata_fraction * len(hosts))

@@ -1,0 +1,1 @@
+"""Jobs that reproduce reported figures; run them from the repository root."""

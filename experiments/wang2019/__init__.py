@@ -1,0 +1,1 @@
+"""Wang et al. (IEEE/ACM ToN 2019) on the real San Francisco taxi trace."""
