@@ -31,6 +31,11 @@ class FleetVecEnv(VecEnv):
         scenario: Scenario name, config file, config or built scenario.
         coupled: Whether services share site capacity.
         seed: Seed of the first episode.
+        action_space: ``"candidates"`` or ``"sites"``.
+
+    ``last_infos`` holds the fleet's infos of the last step (every cost term,
+    ``cost``, ``moved`` and ``refused`` as (N,) arrays), for loggers: SB3's
+    per-environment info dicts stay empty to keep a step cheap.
     """
 
     def __init__(
@@ -39,8 +44,12 @@ class FleetVecEnv(VecEnv):
         scenario: str | ScenarioConfig | Scenario,
         coupled: bool = True,
         seed: int | None = None,
+        action_space: str = "candidates",
     ) -> None:
-        self.fleet = FleetVectorEnv(n_services, scenario, coupled=coupled)
+        self.fleet = FleetVectorEnv(
+            n_services, scenario, coupled=coupled, action_space=action_space
+        )
+        self.last_infos: dict[str, Any] = {}
         super().__init__(
             n_services,
             self.fleet.single_observation_space,
@@ -69,6 +78,7 @@ class FleetVecEnv(VecEnv):
         observation, rewards, terminated, truncated, infos = self.fleet.step(
             self._actions
         )
+        self.last_infos = infos
         dones = terminated | truncated
         if dones.any():
             final = infos["final_obs"]

@@ -9,16 +9,19 @@ the floor; each policy's total cost is reported as a ratio to it.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mecrl.agents.hindsight import hindsight_optimum
-from mecrl.agents.policy import PolicyContext, make_policy
+from mecrl.agents.policy import Policy, PolicyContext, make_policy
 from mecrl.backend import SimBackend, SlotResult
 from mecrl.costs import TERM_NAMES
 from mecrl.envs.fleet import FleetCore
+from mecrl.envs.observation import ObservationLayout
 from mecrl.problem import cost_tables
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario
@@ -110,22 +113,95 @@ class PolicyOutcome:
         }
 
 
+def action_space_for(scenario: Scenario) -> str:
+    """Return the action space that evaluation, and so training, uses.
+
+    Every site is a candidate when the scenario has no more sites than
+    ``candidates``; otherwise the K nearest feasible candidates.
+    """
+    if scenario.n_sites <= scenario.config.candidates:
+        return "sites"
+    return "candidates"
+
+
+def policy_context(scenario: Scenario) -> PolicyContext:
+    """Return the context of the policies that evaluation runs on ``scenario``."""
+    if action_space_for(scenario) == "sites":
+        return PolicyContext(ObservationLayout(scenario.n_sites), scenario)
+    return PolicyContext(ObservationLayout(scenario.config.candidates), scenario)
+
+
 def run_policy(
     scenario: Scenario, seed: int, n_services: int, name: str, **params: float
 ) -> PolicyOutcome:
     """Run the registered policy ``name`` on the episode's uncoupled problems."""
-    action_space = (
-        "sites" if scenario.n_sites <= scenario.config.candidates else "candidates"
+    policy = make_policy(name, policy_context(scenario), **params)
+    return run_policy_object(scenario, seed, n_services, policy)
+
+
+def run_policy_object(
+    scenario: Scenario, seed: int, n_services: int, policy: Policy
+) -> PolicyOutcome:
+    """Run a built policy on the episode's uncoupled problems.
+
+    Args:
+        scenario: The built scenario.
+        seed: Episode seed.
+        n_services: Services 0..n_services-1 of the episode.
+        policy: A policy built for :func:`policy_context` of ``scenario``.
+    """
+    core = FleetCore(
+        scenario, n_services, coupled=False, action_space=action_space_for(scenario)
     )
-    core = FleetCore(scenario, n_services, coupled=False, action_space=action_space)
     observation = core.reset(episode_key(seed))
-    policy = make_policy(name, PolicyContext(core.layout, scenario), **params)
     outcome = _Accumulator(scenario, n_services)
     while not core.done:
         actions = policy.act(observation, core.mask)
         outcome.add(core.step(actions))
         observation = core.observe()
     return outcome.result()
+
+
+@dataclass(frozen=True)
+class ServicePath:
+    """Where one service's user and the service were, slot by slot."""
+
+    initial_site: int
+    """Where the service ran before slot 0."""
+    access: np.ndarray
+    """(T,) the user's access site in each slot."""
+    sites: np.ndarray
+    """(T,) where the service ran in each slot."""
+
+    @property
+    def moves(self) -> np.ndarray:
+        """(T,) whether the service changed site at the start of each slot."""
+        previous = np.concatenate([[self.initial_site], self.sites[:-1]])
+        return np.asarray(self.sites != previous)
+
+
+def service_path(
+    scenario: Scenario, seed: int, service: int, policy: Policy
+) -> ServicePath:
+    """Return the path of service ``service`` of episode ``seed`` under ``policy``.
+
+    The service runs alone (uncoupled), as in :func:`run_policy_object`.
+    """
+    if service < 0:
+        raise ValueError(f"service must be >= 0, got {service}")
+    n_services = service + 1
+    core = FleetCore(
+        scenario, n_services, coupled=False, action_space=action_space_for(scenario)
+    )
+    observation = core.reset(episode_key(seed))
+    initial_site = int(core.backend.site[service])
+    access, sites = [], []
+    while not core.done:
+        access.append(int(core.backend.access[service]))
+        core.step(policy.act(observation, core.mask))
+        sites.append(int(core.backend.site[service]))
+        observation = core.observe()
+    return ServicePath(initial_site, np.array(access), np.array(sites))
 
 
 def run_hindsight(scenario: Scenario, seed: int, n_services: int) -> PolicyOutcome:
@@ -193,3 +269,145 @@ def evaluate(
         logger.info("evaluating %s on %s", name, scenario.config.name)
         outcomes[name] = run_policy(scenario, seed, n_services, name)
     return outcomes
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over seeds with the half-width of its 95 % confidence interval."""
+
+    mean: float
+    """Mean of the values."""
+    half_width: float
+    """Half-width of the 95 % interval (Student's t); NaN for one value."""
+    n: int
+    """Number of values."""
+
+    @classmethod
+    def of(cls, values: Sequence[float] | np.ndarray) -> Estimate:
+        """Return the estimate of the mean of ``values``.
+
+        Raises:
+            ValueError: If ``values`` is empty.
+        """
+        from scipy import stats
+
+        array = np.asarray(values, dtype=np.float64)
+        if array.size == 0:
+            raise ValueError("an estimate needs at least one value")
+        if array.size == 1:
+            return cls(float(array[0]), math.nan, 1)
+        scale = float(array.std(ddof=1)) / math.sqrt(array.size)
+        quantile = float(stats.t.ppf(0.975, array.size - 1))
+        return cls(float(array.mean()), quantile * scale, int(array.size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain data for JSON (``null`` for an undefined interval)."""
+        half = None if math.isnan(self.half_width) else self.half_width
+        return {"mean": self.mean, "ci95": half, "n": self.n}
+
+
+@dataclass
+class SeedsReport:
+    """Policies and the hindsight optimum over several episode seeds.
+
+    Every policy runs on the same services of the same episodes; each
+    seed's ratio is a policy's total cost over the optimum's for that seed.
+    """
+
+    scenario: str
+    """Scenario name."""
+    seeds: tuple[int, ...]
+    """Episode seeds, in order."""
+    n_services: int
+    """Services per episode."""
+    outcomes: dict[str, list[PolicyOutcome]]
+    """Per policy (the optimum first, under ``hindsight``), one per seed."""
+    masked_choices: dict[str, list[int]] = field(default_factory=dict)
+    """Per policy and seed, actions it proposed that the mask forbids (a
+    learned policy without masks; replaced by staying). Zero for others."""
+
+    def totals(self, name: str) -> np.ndarray:
+        """Return (S,) the total cost of policy ``name`` per seed."""
+        return np.array([o.total_cost for o in self.outcomes[name]])
+
+    def ratios(self, name: str) -> np.ndarray:
+        """Return (S,) the ratio of ``name``'s cost to the optimum's per seed."""
+        best = self.totals(HINDSIGHT)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(best > 0, self.totals(name) / best, np.nan)
+
+    def weighted(self, name: str, term: str) -> np.ndarray:
+        """Return (S,) the weighted cost of ``term`` for ``name`` per seed."""
+        return np.array([o.weighted[term] for o in self.outcomes[name]])
+
+    def migrations(self, name: str) -> np.ndarray:
+        """Return (S,) the number of moves of ``name`` per seed."""
+        return np.array([o.migrations for o in self.outcomes[name]], dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain data for JSON: per-seed values and their estimates."""
+        policies = {}
+        for name in self.outcomes:
+            ratios = self.ratios(name)
+            policies[name] = {
+                "total_cost": Estimate.of(self.totals(name)).to_dict(),
+                "ratio_to_hindsight": Estimate.of(ratios).to_dict(),
+                "migrations": Estimate.of(self.migrations(name)).to_dict(),
+                "weighted_terms": {
+                    term: Estimate.of(self.weighted(name, term)).to_dict()
+                    for term in TERM_NAMES
+                },
+                "masked_choices": self.masked_choices.get(name, [0] * len(self.seeds)),
+                "per_seed": [
+                    {"seed": seed, "ratio_to_hindsight": float(ratio), **o.to_dict()}
+                    for seed, ratio, o in zip(
+                        self.seeds, ratios, self.outcomes[name], strict=True
+                    )
+                ],
+            }
+        return {
+            "scenario": self.scenario,
+            "seeds": list(self.seeds),
+            "services": self.n_services,
+            "policies": policies,
+        }
+
+
+def evaluate_seeds(
+    scenario: Scenario,
+    seeds: Sequence[int],
+    n_services: int,
+    policies: dict[str, Policy],
+) -> SeedsReport:
+    """Run built policies and the hindsight optimum on several episodes.
+
+    Args:
+        scenario: The built scenario.
+        seeds: Episode seeds.
+        n_services: Services 0..n_services-1 of each episode.
+        policies: Policies by report name, built for :func:`policy_context`.
+
+    Raises:
+        ValueError: If ``seeds`` is empty or a policy is named ``hindsight``.
+    """
+    if not seeds:
+        raise ValueError("seeds must name at least one episode seed")
+    if HINDSIGHT in policies:
+        raise ValueError(f"{HINDSIGHT!r} names the optimum; give the policy another")
+    report = SeedsReport(
+        scenario.config.name,
+        tuple(seeds),
+        n_services,
+        {HINDSIGHT: [run_hindsight(scenario, seed, n_services) for seed in seeds]},
+    )
+    for name, policy in policies.items():
+        logger.info("evaluating %s on %s, seeds %s", name, scenario.config.name, seeds)
+        outcomes, masked = [], []
+        for seed in seeds:
+            # learned policies count masked proposals; baselines make none
+            before = getattr(policy, "masked_choices", 0)
+            outcomes.append(run_policy_object(scenario, seed, n_services, policy))
+            masked.append(getattr(policy, "masked_choices", 0) - before)
+        report.outcomes[name] = outcomes
+        report.masked_choices[name] = masked
+    return report
