@@ -512,6 +512,28 @@ def _host_port(text: str) -> str:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from mecrl.tuning import load_sweep_config
+
+    # the config is checked first: its mistakes are reported without Ray
+    sweep = None
+    if args.resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("CONFIG", args.config),
+                ("--smoke", args.smoke),
+                ("--storage", args.storage),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(
+                f"--resume continues a sweep with its own config; drop {given[0]}"
+            )
+    elif not args.bench:
+        if args.config is None:
+            raise ValueError("give a sweep CONFIG, --resume or --bench")
+        sweep = load_sweep_config(args.config, smoke=args.smoke)
     try:
         from mecrl.tuning import experiment
         from mecrl.tuning.bench import tune_figures
@@ -519,36 +541,19 @@ def _tune(args: argparse.Namespace) -> int:
         raise ValueError(
             f"mecrl tune needs Ray ({exc}); install it: pip install 'mecrl[train,ray]'"
         ) from None
-    from mecrl.tuning import load_sweep_config
 
     try:
         if args.bench:
             for figure in tune_figures(quick=args.quick, address=args.address):
                 print(f"{figure.name:<66} {figure.value:>14,.1f} {figure.unit}")
             return 0
-        if args.resume is not None:
-            given = [
-                flag
-                for flag, value in (
-                    ("CONFIG", args.config),
-                    ("--smoke", args.smoke),
-                    ("--storage", args.storage),
-                )
-                if value
-            ]
-            if given:
-                raise ValueError(
-                    f"--resume continues a sweep with its own config; drop {given[0]}"
-                )
+        if sweep is None:
             print(f"resuming sweep {args.resume}")
             result = experiment.resume_sweep(
                 args.resume, args.address, args.export_root
             )
             top = experiment.read_sweep(result.experiment_path).config.top
         else:
-            if args.config is None:
-                raise ValueError("give a sweep CONFIG, --resume or --bench")
-            sweep = load_sweep_config(args.config, smoke=args.smoke)
             where = args.address or "a local Ray"
             print(
                 f"sweep {sweep.name}: {sweep.n_trials} trials of "

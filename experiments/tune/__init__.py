@@ -1,0 +1,1 @@
+"""Ray Tune sweeps and RLlib: configs, cluster launcher file, examples."""
