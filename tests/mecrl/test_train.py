@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from mecrl.agents.policy import Policy, PolicyContext, make_policy
 from mecrl.cli import main
 from mecrl.config import ConfigError, from_dict
 from mecrl.costs import TERM_NAMES
+from mecrl.datasets.scenarios import uses_real_data
 from mecrl.envs.single import MigrationEnv
 from mecrl.evaluate import evaluate_seeds, policy_context, run_policy_object
 from mecrl.scenario import Scenario, ScenarioConfig, load_config
@@ -428,6 +430,10 @@ def test_maskable_ppo_learns_when_to_migrate(tmp_path: Path) -> None:
 def test_experiment_smoke_variant_runs(config: Path, tmp_path: Path) -> None:
     smoke = load_train_config(config, smoke=True, overrides={"run_root": str(tmp_path)})
     assert smoke.total_timesteps <= 4096, "a smoke run must take seconds"
+    if uses_real_data(load_config(smoke.scenario)) and not os.environ.get(
+        "MECRL_DATA_DIR"
+    ):
+        pytest.skip("MECRL_DATA_DIR is not set: this experiment trains on real data")
 
     result = train(smoke)
 
