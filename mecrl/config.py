@@ -10,6 +10,7 @@ calling :func:`check`, so the same rules hold for configs written in Python.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -140,6 +141,17 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         raise
     except TypeError as exc:
         raise ConfigError(path, str(exc)) from None
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``changes`` applied; mappings merge key by key."""
+    result = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
 
 
 def to_dict(config: Any) -> Any:

@@ -56,7 +56,6 @@ when training on a coupled fleet. Training episodes come from the seed
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import functools
@@ -93,6 +92,7 @@ from mecrl.config import (
     from_dict,
     is_number,
     load_file,
+    merged,
     to_dict,
 )
 from mecrl.costs import TERM_NAMES
@@ -333,9 +333,9 @@ def load_train_config(
         raise ConfigError("smoke", f"expected a mapping, got {type(variant).__name__}")
     if path is not None:
         data = _resolve_scenario_path(data, Path(path).parent)
-    config = from_dict(TrainConfig, _merged(data, overrides or {}))
+    config = from_dict(TrainConfig, merged(data, overrides or {}))
     if variant is not None:
-        smoke_data = _merged(_merged(data, variant), overrides or {})
+        smoke_data = merged(merged(data, variant), overrides or {})
         smoke_config = from_dict(TrainConfig, smoke_data, "smoke")
         if smoke:
             return smoke_config
@@ -354,17 +354,6 @@ def _resolve_scenario_path(data: dict[str, Any], folder: Path) -> dict[str, Any]
     if is_file and (folder / scenario).exists():
         return {**data, "scenario": str(folder / scenario)}
     return data
-
-
-def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``changes`` applied; mappings merge recursively."""
-    result = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _merged(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
 
 
 def package_versions() -> dict[str, str]:

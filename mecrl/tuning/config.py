@@ -41,6 +41,7 @@ from mecrl.config import (
     check_integer,
     from_dict,
     load_file,
+    merged,
     to_dict,
 )
 from mecrl.scenario import load_config
@@ -268,17 +269,6 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             node[part] = child
         node = child
     node[leaf] = value
-    return result
-
-
-def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``changes`` applied; mappings merge key by key."""
-    result = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
     return result
 
 
