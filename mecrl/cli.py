@@ -166,6 +166,15 @@ def _scenario_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_with_resume(what: str, *options: tuple[str, Any]) -> None:
+    """Reject options that ``--resume`` takes from the resumed config instead."""
+    given = [flag for flag, value in options if value]
+    if given:
+        raise ValueError(
+            f"--resume continues {what} with its own config; drop {given[0]}"
+        )
+
+
 def _first_sentence(text: str) -> str:
     # "et al." and "e.g." end no sentence
     match = re.search(r"(?<!\bal)(?<!\be\.g)\.(\s|$)", text)
@@ -388,21 +397,14 @@ def _train(args: argparse.Namespace) -> int:
     )
 
     if args.resume is not None:
-        given = [
-            flag
-            for flag, value in (
-                ("CONFIG", args.config),
-                ("--smoke", args.smoke),
-                ("--seed", args.seed),
-                ("--total-timesteps", args.total_timesteps),
-                ("--run-root", args.run_root),
-            )
-            if value
-        ]
-        if given:
-            raise ValueError(
-                f"--resume continues a run with its own config; drop {given[0]}"
-            )
+        _refuse_with_resume(
+            "a run",
+            ("CONFIG", args.config),
+            ("--smoke", args.smoke),
+            ("--seed", args.seed),
+            ("--total-timesteps", args.total_timesteps),
+            ("--run-root", args.run_root),
+        )
         run = RunDirectory.open(args.resume)
     else:
         overrides: dict[str, Any] = {}
@@ -517,19 +519,12 @@ def _tune(args: argparse.Namespace) -> int:
     # the config is checked first: its mistakes are reported without Ray
     sweep = None
     if args.resume is not None:
-        given = [
-            flag
-            for flag, value in (
-                ("CONFIG", args.config),
-                ("--smoke", args.smoke),
-                ("--storage", args.storage),
-            )
-            if value
-        ]
-        if given:
-            raise ValueError(
-                f"--resume continues a sweep with its own config; drop {given[0]}"
-            )
+        _refuse_with_resume(
+            "a sweep",
+            ("CONFIG", args.config),
+            ("--smoke", args.smoke),
+            ("--storage", args.storage),
+        )
     elif not args.bench:
         if args.config is None:
             raise ValueError("give a sweep CONFIG, --resume or --bench")
