@@ -39,6 +39,13 @@ FEATURES: tuple[str, ...] = (
 )
 """Per-candidate features, in order."""
 
+HISTORY_FEATURES: tuple[str, ...] = (
+    "recent_latency_over_slo",
+    "oldest_latency_over_slo",
+)
+"""Per-candidate features of the user's recent movement, after ``FEATURES``,
+when the scenario keeps ``history_slots`` of it."""
+
 HOPS_SCALE = 10.0
 """Hop counts are divided by this; policies multiply back to get integers."""
 
@@ -58,18 +65,33 @@ class ObservationLayout:
 
     n_candidates: int
     """Candidates per observation (K)."""
+    history: bool = False
+    """Whether each candidate also carries ``HISTORY_FEATURES``."""
+
+    @classmethod
+    def of(cls, scenario: Scenario, n_candidates: int) -> ObservationLayout:
+        """Return the layout of ``scenario``'s observations with K candidates."""
+        return cls(n_candidates, history=scenario.config.history_slots > 0)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Per-candidate features, in order."""
+        return FEATURES + HISTORY_FEATURES if self.history else FEATURES
 
     @property
     def size(self) -> int:
         """Length of the flat observation."""
-        return self.n_candidates * len(FEATURES) + 1
+        return self.n_candidates * len(self.features) + 1
+
+    def candidate_table(self, observation: np.ndarray) -> np.ndarray:
+        """Return a (..., K, F) view of the per-candidate features."""
+        return observation[..., :-1].reshape(
+            *observation.shape[:-1], self.n_candidates, len(self.features)
+        )
 
     def feature(self, observation: np.ndarray, name: str) -> np.ndarray:
         """Return feature ``name`` of every candidate: shape (..., K)."""
-        table = observation[..., :-1].reshape(
-            *observation.shape[:-1], self.n_candidates, len(FEATURES)
-        )
-        return table[..., FEATURES.index(name)]
+        return self.candidate_table(observation)[..., self.features.index(name)]
 
     def progress(self, observation: np.ndarray) -> np.ndarray:
         """Return the fraction of the episode elapsed."""
@@ -112,7 +134,7 @@ class CandidateView:
                 f"n_candidates must lie in [2, {scenario.n_sites}] for scenario "
                 f"{scenario.config.name!r}, got {k}"
             )
-        self.layout = ObservationLayout(k)
+        self.layout = ObservationLayout.of(scenario, k)
         # enough nearest sites that K - 1 allowed ones are usually among them
         self._pool = min(scenario.n_sites, 3 * k)
         rows = scenario.classes.n_classes * scenario.n_access * scenario.n_sites
@@ -184,11 +206,15 @@ class CandidateView:
 
     @cached_property
     def _observation_table(self) -> np.ndarray:
-        """Tabulated features with a spare last column for the progress."""
-        features = self._tables.features
-        table = np.zeros((features.shape[0], self.layout.size), dtype=np.float32)
-        table[:, :-1] = features
-        return table
+        """Tabulated observations, zero where history and progress go."""
+        return self._blank_observations(self._tables.features)
+
+    def _blank_observations(self, features: np.ndarray) -> np.ndarray:
+        """Observations holding the static ``features``, zero elsewhere."""
+        observation = np.zeros((features.shape[0], self.layout.size), np.float32)
+        table = self.layout.candidate_table(observation)
+        table[..., : len(FEATURES)] = features.reshape(*table.shape[:-1], -1)
+        return observation
 
     def view(self, backend: SimBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return candidates (N, K), mask (N, K) and observations (N, size)."""
@@ -209,12 +235,33 @@ class CandidateView:
         else:
             static = self.static_view(cls, access, site)
             sites, mask = static.sites, static.mask
-            observation = np.empty((cls.shape[0], self.layout.size), np.float32)
-            observation[:, :-1] = static.features
+            observation = self._blank_observations(static.features)
+        if backend.history is not None:
+            self._add_history(backend, sites, mask, observation)
         if backend.occupancy is not None:
             mask = self._admit(backend, sites, mask, observation)
         observation[:, -1] = backend.slot / self.scenario.config.episode_slots
         return sites, mask, observation
+
+    def _add_history(
+        self,
+        backend: SimBackend,
+        sites: np.ndarray,
+        mask: np.ndarray,
+        observation: np.ndarray,
+    ) -> None:
+        """Write the history features of allowed candidates into ``observation``."""
+        history = backend.history
+        assert history is not None  # only called for backends keeping history
+        s = self.scenario
+        slo_ms = s.classes.slo_ms[backend.cls][:, None]
+        recent = s.latency_ms[history.sites[:, :, None], sites[:, None, :]]
+        oldest = s.latency_ms[history.oldest[:, None], sites]
+        table = self.layout.candidate_table(observation)
+        first = len(FEATURES)
+        table[..., first] = np.minimum(recent.mean(axis=1) / slo_ms, FEATURE_CAP)
+        table[..., first + 1] = np.minimum(oldest / slo_ms, FEATURE_CAP)
+        table[..., first:] *= mask[..., None]
 
     def _admit(
         self,
@@ -237,7 +284,7 @@ class CandidateView:
 
         # zero the features of candidates that only capacity or co-residency
         # rules out; they are few, so index them rather than mask everything
-        width = len(FEATURES)
+        width = len(self.layout.features)
         rows, cols = np.nonzero(mask & ~allowed)
         if rows.size:
             observation[rows[:, None], cols[:, None] * width + np.arange(width)] = 0.0

@@ -94,6 +94,33 @@ def spawn_services(
     return scenario.classes.draw(draws)
 
 
+class AccessHistory:
+    """The access sites of each user over the last H slots, in a ring.
+
+    Before the first slot every entry holds the user's first access site, as
+    if the user had stood there all along.
+
+    Args:
+        access: (N,) access sites at the start of the episode.
+        slots: H, the slots remembered (including the current one).
+    """
+
+    def __init__(self, access: np.ndarray, slots: int) -> None:
+        self.sites = np.repeat(np.asarray(access, np.int64)[:, None], slots, axis=1)
+        """(N, H) access sites of the last H slots, in ring order."""
+        self._next = 0
+
+    def record(self, access: np.ndarray) -> None:
+        """Remember ``access`` as the newest slot's, forgetting the oldest."""
+        self.sites[:, self._next] = access
+        self._next = (self._next + 1) % self.sites.shape[1]
+
+    @property
+    def oldest(self) -> np.ndarray:
+        """(N,) the access sites of H - 1 slots ago."""
+        return self.sites[:, self._next]
+
+
 @BACKENDS.register("simulated")
 class SimBackend(Backend):
     """The vectorised simulator.
@@ -111,6 +138,8 @@ class SimBackend(Backend):
         self.occupancy: Occupancy | None = None
         self.tables = cost_tables(scenario)
         self.slot = 0
+        self.history: AccessHistory | None = None
+        """Recent access sites, kept when the scenario asks for history."""
 
     def reset(self, key: int, service_ids: np.ndarray) -> None:
         """Start an episode: draw services and users, place services near users.
@@ -124,6 +153,8 @@ class SimBackend(Backend):
         self.mobility = s.make_mobility()
         self.access = self.mobility.reset(key, self.service_ids)
         self.slot = 0
+        if s.config.history_slots > 0:
+            self.history = AccessHistory(self.access, s.config.history_slots)
         if self.coupled:
             self.occupancy = Occupancy(s.constraints, len(s.classes.tenant_names))
             self.site = self._place_coupled()
@@ -200,8 +231,7 @@ class SimBackend(Backend):
             terms["co_residency"] = exposure
         terms.update(moves)
         self.site = new_site
-        self.access = self.mobility.advance()
-        self.slot += 1
+        self._advance_users()
         return SlotResult(
             terms=terms,
             cost=np.broadcast_to(cost, previous.shape),
@@ -245,11 +275,17 @@ class SimBackend(Backend):
         )
         terms.update(zip(MOVE_TERMS, moves[:, move_row].tolist(), strict=True))
         self.site = np.array([site], dtype=np.int64)
-        self.access = self.mobility.advance()
-        self.slot += 1
+        self._advance_users()
         return ServiceSlot(
             terms, float(cost), refused=site != target, moved=site != here
         )
+
+    def _advance_users(self) -> None:
+        """Move every user on to the next slot's access site."""
+        self.access = self.mobility.advance()
+        if self.history is not None:
+            self.history.record(self.access)
+        self.slot += 1
 
     def _step_one_by_arrays(self, target: int) -> ServiceSlot:
         result = self.step(np.array([target], dtype=np.int64))

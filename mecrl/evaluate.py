@@ -127,8 +127,9 @@ def action_space_for(scenario: Scenario) -> str:
 def policy_context(scenario: Scenario) -> PolicyContext:
     """Return the context of the policies that evaluation runs on ``scenario``."""
     if action_space_for(scenario) == "sites":
-        return PolicyContext(ObservationLayout(scenario.n_sites), scenario)
-    return PolicyContext(ObservationLayout(scenario.config.candidates), scenario)
+        return PolicyContext(ObservationLayout.of(scenario, scenario.n_sites), scenario)
+    k = scenario.config.candidates
+    return PolicyContext(ObservationLayout.of(scenario, k), scenario)
 
 
 def run_policy(

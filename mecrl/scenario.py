@@ -80,6 +80,13 @@ class ScenarioConfig:
     """Weights of the cost terms."""
     candidates: int = 8
     """Candidate sites in the single-service action: stay plus K - 1."""
+    history_slots: int = 0
+    """Past slots of the user's movement the observation summarises (0: none).
+
+    With H > 0 every candidate also carries its mean latency from the user's
+    access sites of the last H slots and its latency from the access site of
+    H - 1 slots ago: a user who lingers looks different from one passing by.
+    """
     prefetch_layers: bool = False
     """Whether cold moves pull missing layers before stopping the service."""
     calibration: str | None = None
@@ -107,6 +114,11 @@ class ScenarioConfig:
         )
         check(
             self.candidates >= 2, "candidates", f"must be >= 2, got {self.candidates}"
+        )
+        check(
+            self.history_slots >= 0,
+            "history_slots",
+            f"must be >= 0, got {self.history_slots}",
         )
         check(len(self.services) > 0, "services", "must declare at least one class")
         for name, size in self.layers.items():

@@ -1,20 +1,25 @@
 """Candidates, masks and features, against a plain reference computation."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from mecrl.config import ConfigError
 from mecrl.costs import weighted_total
 from mecrl.envs.fleet import FleetCore
 from mecrl.envs.observation import (
     FEATURE_CAP,
     FEATURES,
+    HISTORY_FEATURES,
     HOPS_SCALE,
+    TABLE_BUDGET_MB,
     CandidateView,
     ObservationLayout,
 )
 from mecrl.evaluate import episode_key
 from mecrl.problem import move_terms, placement_terms
-from mecrl.scenario import Scenario, load_scenario
+from mecrl.scenario import Scenario, load_config, load_scenario
 
 
 def reference_features(
@@ -146,3 +151,64 @@ def test_layout_size_and_feature_slices() -> None:
 def test_candidate_count_must_fit_the_scenario(k: int) -> None:
     with pytest.raises(ValueError, match=r"n_candidates must lie in \[2, 62\]"):
         CandidateView(load_scenario("city-grid"), k)
+
+
+def with_history(name: str, slots: int) -> Scenario:
+    config = dataclasses.replace(load_config(name), history_slots=slots)
+    return Scenario(config)
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+@pytest.mark.parametrize("budget_mb", [TABLE_BUDGET_MB, 0.0])
+def test_history_features_follow_the_users_recent_access_sites(
+    coupled: bool, budget_mb: float
+) -> None:
+    h = 4
+    scenario = with_history("city-grid", h)
+    core = FleetCore(scenario, 30, coupled=coupled, action_space="candidates")
+    core.view = CandidateView(scenario, scenario.config.candidates, budget_mb)
+    observation = core.reset(episode_key(3))
+    layout = core.layout
+    assert layout.features == FEATURES + HISTORY_FEATURES
+    assert observation.shape == (30, layout.size)
+    seen = [core.backend.access.copy()] * h  # before the first slot: standing
+    rng = np.random.default_rng(4)
+    for _ in range(9):
+        window = np.stack(seen[-h:], axis=1)  # (N, H)
+        slo_ms = scenario.classes.slo_ms[core.backend.cls][:, None]
+        latency = scenario.latency_ms
+        recent = latency[window[:, :, None], core.sites[:, None, :]].mean(axis=1)
+        oldest = latency[window[:, 0][:, None], core.sites]
+        np.testing.assert_allclose(
+            layout.feature(observation, "recent_latency_over_slo"),
+            np.where(core.mask, recent / slo_ms, 0.0),
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            layout.feature(observation, "oldest_latency_over_slo"),
+            np.where(core.mask, oldest / slo_ms, 0.0),
+            rtol=1e-6,
+        )
+        core.step(random_actions(rng, core.mask))
+        seen.append(core.backend.access.copy())
+        observation = core.observe()
+    assert len({tuple(row) for row in np.stack(seen, 1)}) > 1  # users did move
+
+
+def test_history_leaves_the_static_features_unchanged() -> None:
+    plain = FleetCore(load_scenario("city-grid"), 20, False, "candidates")
+    remembering = FleetCore(with_history("city-grid", 5), 20, False, "candidates")
+    a, b = plain.reset(episode_key(5)), remembering.reset(episode_key(5))
+    for name in FEATURES:
+        np.testing.assert_array_equal(
+            plain.layout.feature(a, name), remembering.layout.feature(b, name)
+        )
+    np.testing.assert_array_equal(
+        plain.layout.progress(a), remembering.layout.progress(b)
+    )
+    assert remembering.layout.size == plain.layout.size + 2 * 8
+
+
+def test_history_slots_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="history_slots: must be >= 0, got -1"):
+        dataclasses.replace(load_config("city-grid"), history_slots=-1)
