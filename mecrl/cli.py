@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--policies",
         default=DEFAULT_POLICIES,
-        help=f"comma-separated policy names (default {DEFAULT_POLICIES})",
+        help="comma-separated policies, each a name or name:key=value, e.g. "
+        f"threshold:hops=8 (default {DEFAULT_POLICIES})",
     )
     evaluate.add_argument(
         "--runs",

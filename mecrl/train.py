@@ -82,8 +82,9 @@ from stable_baselines3.common.callbacks import (
 )
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
-from mecrl.agents import POLICIES, make_policy
+from mecrl.agents import make_policy
 from mecrl.agents.learned import ALGORITHMS, LearnedPolicy
+from mecrl.agents.policy import parse_policy_spec
 from mecrl.agents.vec import FleetVecEnv
 from mecrl.config import (
     ConfigError,
@@ -205,12 +206,11 @@ class EvalConfig:
         check_integer("services", self.services, minimum=1)
         check(len(self.seeds) > 0, "seeds", "needs at least one seed")
         check(len(self.baselines) > 0, "baselines", "needs at least one policy")
-        for i, name in enumerate(self.baselines):
-            check(
-                name in POLICIES,
-                f"baselines.{i}",
-                f"unknown policy {name!r}; known: {', '.join(POLICIES.names())}",
-            )
+        for i, spec in enumerate(self.baselines):
+            try:
+                parse_policy_spec(spec)
+            except ValueError as error:
+                raise ConfigError(f"baselines.{i}", str(error)) from None
 
 
 @dataclass(frozen=True)

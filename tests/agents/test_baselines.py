@@ -1,13 +1,15 @@
 """Baseline policies and the MDP-optimal policy of Wang et al."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 
 from mecrl.agents import POLICIES, PolicyContext, make_policy
-from mecrl.agents.baselines import MdpOptimal
+from mecrl.agents.baselines import DistanceThreshold, MdpOptimal
 from mecrl.agents.mdp import best_threshold
+from mecrl.agents.policy import parse_policy_spec
 from mecrl.costs import CostWeights, wang2019_costs
 from mecrl.envs.fleet import FleetCore
 from mecrl.evaluate import episode_key, run_policy
@@ -50,9 +52,34 @@ def test_unknown_policy_lists_the_known_ones() -> None:
     core, _ = fleet(load_scenario("wang-1d"), 2)
 
     with pytest.raises(
-        KeyError, match="unknown policy 'oracle'; known: follow, mdp, myopic"
+        ValueError, match="unknown policy 'oracle'; known: follow, mdp, myopic"
     ):
         make_policy("oracle", context(core))
+
+
+def test_a_spec_sets_the_policys_parameters() -> None:
+    core, _ = fleet(load_scenario("wang-1d"), 2)
+
+    policy = make_policy("threshold:hops=4", context(core))
+
+    assert isinstance(policy, DistanceThreshold)
+    assert policy.hops == 4.0
+    assert policy.name == "threshold:hops=4"
+    assert parse_policy_spec(" threshold : hops = 3 ") == ("threshold", {"hops": 3.0})
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("threshold:hop=4", "'hop=4' is not a parameter of threshold; valid: hops"),
+        ("threshold:hops", "'hops' is not a parameter of threshold; valid: hops"),
+        ("never:hops=2", "'hops=2' is not a parameter of never; valid: none"),
+        ("threshold:hops=far", "hops must be a number, got 'far'"),
+    ],
+)
+def test_a_bad_spec_names_what_is_wrong(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_policy_spec(spec)
 
 
 @pytest.mark.parametrize("hops", [0, 0.5, -2])
