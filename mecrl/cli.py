@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -93,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds",
         type=_seed_list,
         help="comma-separated episode seeds: mean and 95%% interval over them",
+    )
+    evaluate.add_argument(
+        "--tune",
+        metavar="NAME:PARAM=V1,V2,...",
+        help="instead, sweep a heuristic's parameter (threshold:hops=1,2,3,4) "
+        "over --seeds and print its best spec",
     )
     evaluate.add_argument("--json", type=Path, help="also write results as JSON")
     evaluate.set_defaults(run=_evaluate)
@@ -241,6 +248,8 @@ def _json_costs(table: np.ndarray) -> list[Any]:
 def _evaluate(args: argparse.Namespace) -> int:
     from mecrl.evaluate import HINDSIGHT, evaluate
 
+    if args.tune:
+        return _tune_heuristic(args)
     if args.runs or args.seeds:
         return _evaluate_seeds(args)
     scenario = Scenario(load_config(args.scenario or DEFAULT_SCENARIO))
@@ -282,6 +291,28 @@ def _evaluate(args: argparse.Namespace) -> int:
             },
         }
         args.json.write_text(json.dumps(document, indent=1))
+    return 0
+
+
+def _tune_heuristic(args: argparse.Namespace) -> int:
+    from mecrl.evaluate import tune_policy
+
+    if args.runs:
+        raise ValueError("--tune sweeps a heuristic, not trained runs; drop --runs")
+    scenario = Scenario(load_config(args.scenario or DEFAULT_SCENARIO))
+    seeds = args.seeds or [args.seed]
+    tuning = tune_policy(scenario, seeds, args.services, args.tune)
+    print(
+        f"scenario {scenario.config.name}, seeds "
+        f"{','.join(map(str, seeds))}, {args.services} services: "
+        f"mean total cost over seeds"
+    )
+    print(f"{tuning.param:>10}{'cost':>12}{'ratio':>8}")
+    for value, cost in zip(tuning.values, tuning.mean_cost, strict=True):
+        print(f"{value:>10g}{cost:>12.2f}{cost / tuning.hindsight_cost:>8.3f}")
+    print(f"best: {tuning.best_spec}")
+    if args.json:
+        args.json.write_text(json.dumps(dataclasses.asdict(tuning), indent=1))
     return 0
 
 

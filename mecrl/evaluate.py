@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mecrl.agents.hindsight import hindsight_optimum
-from mecrl.agents.policy import Policy, PolicyContext, make_policy
+from mecrl.agents.policy import Policy, PolicyContext, make_policy, parse_policy_spec
 from mecrl.backend import SimBackend, SlotResult
 from mecrl.costs import TERM_NAMES
 from mecrl.envs.fleet import FleetCore
@@ -412,3 +412,72 @@ def evaluate_seeds(
         report.outcomes[name] = outcomes
         report.masked_choices[name] = masked
     return report
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A heuristic's parameter swept over values on the same episodes."""
+
+    name: str
+    """The registered policy."""
+    param: str
+    """The parameter swept."""
+    values: tuple[float, ...]
+    """The values tried, in the order given."""
+    mean_cost: tuple[float, ...]
+    """Mean total cost over the seeds at each value."""
+    hindsight_cost: float
+    """Mean total cost of the hindsight optimum on the same episodes."""
+
+    @property
+    def best_value(self) -> float:
+        """The value of the lowest mean cost (the first, on ties)."""
+        return self.values[int(np.argmin(self.mean_cost))]
+
+    @property
+    def best_spec(self) -> str:
+        """The policy spec of the best value, e.g. ``threshold:hops=3``."""
+        return f"{self.name}:{self.param}={self.best_value:g}"
+
+
+def tune_policy(
+    scenario: Scenario,
+    seeds: Sequence[int],
+    n_services: int,
+    spec: str,
+) -> Tuning:
+    """Sweep one parameter of a heuristic and find its best value.
+
+    ``spec`` names the policy, the parameter and the values to try:
+    ``threshold:hops=1,2,3,4``. Tune on the scenario you develop on, then
+    judge the tuned spec on held-out episodes.
+
+    Raises:
+        ValueError: If the spec is not ``name:param=v1,v2,...`` with numbers,
+            or names no parameter of the policy.
+    """
+    name, _, sweep = spec.partition(":")
+    param, equals, listed = sweep.partition("=")
+    if not equals or not listed.strip():
+        raise ValueError(f"tuning {spec!r}: give name:param=v1,v2,... to sweep")
+    try:
+        values = tuple(float(v) for v in listed.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"tuning {spec!r}: values must be numbers") from None
+    name, param = name.strip(), param.strip()
+    parse_policy_spec(f"{name}:{param}={values[0]:g}")  # names a real parameter
+    context = policy_context(scenario)
+    hindsight = [run_hindsight(scenario, seed, n_services) for seed in seeds]
+    costs = []
+    for value in values:
+        policy = make_policy(name, context, **{param: value})
+        runs = [run_policy_object(scenario, s, n_services, policy) for s in seeds]
+        costs.append(float(np.mean([run.total_cost for run in runs])))
+        logger.info("%s %s=%g: mean cost %.2f", name, param, value, costs[-1])
+    return Tuning(
+        name,
+        param,
+        values,
+        tuple(costs),
+        float(np.mean([run.total_cost for run in hindsight])),
+    )

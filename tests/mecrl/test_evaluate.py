@@ -12,7 +12,15 @@ from mecrl.backend import SimBackend
 from mecrl.cli import main
 from mecrl.costs import TERM_NAMES, CostConfig, CostWeights
 from mecrl.envs import MigrationEnv
-from mecrl.evaluate import HINDSIGHT, episode_key, episode_problems, evaluate
+from mecrl.evaluate import (
+    HINDSIGHT,
+    episode_key,
+    episode_problems,
+    evaluate,
+    run_hindsight,
+    run_policy,
+    tune_policy,
+)
 from mecrl.scenario import (
     ComponentConfig,
     Scenario,
@@ -263,3 +271,52 @@ def test_evaluate_handles_fewer_sites_than_candidates() -> None:
     outcomes = evaluate(scenario, 0, 2, ["never"])
 
     assert np.all(outcomes["never"].per_service >= outcomes[HINDSIGHT].per_service)
+
+
+def test_tuning_finds_the_cheapest_threshold() -> None:
+    scenario = load_scenario("wang-1d")
+    tuning = tune_policy(scenario, [0, 1], 10, "threshold:hops=1,2,3,5")
+
+    costs = {
+        hops: np.mean(
+            [
+                run_policy(scenario, seed, 10, "threshold", hops=hops).total_cost
+                for seed in (0, 1)
+            ]
+        )
+        for hops in (1.0, 2.0, 3.0, 5.0)
+    }
+    np.testing.assert_allclose(tuning.mean_cost, list(costs.values()))
+    assert tuning.best_value == min(costs, key=costs.__getitem__)
+    assert tuning.best_spec == f"threshold:hops={tuning.best_value:g}"
+    hindsight = np.mean([run_hindsight(scenario, s, 10).total_cost for s in (0, 1)])
+    assert tuning.hindsight_cost == pytest.approx(hindsight)
+    assert min(tuning.mean_cost) >= tuning.hindsight_cost
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("threshold", "give name:param=v1,v2"),
+        ("threshold:hops=", "give name:param=v1,v2"),
+        ("threshold:hops=2,far", "values must be numbers"),
+        ("threshold:reach=2,3", "'reach=2' is not a parameter of threshold"),
+        ("oracle:hops=2", "unknown policy 'oracle'"),
+    ],
+)
+def test_tuning_rejects_a_bad_sweep(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tune_policy(load_scenario("wang-1d"), [0], 2, spec)
+
+
+def test_cli_tune_prints_the_best_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "tuning.json"
+    argv = ["evaluate", "--scenario", "wang-1d", "--services", "6", "--seeds", "0,1"]
+    status = main([*argv, "--tune", "threshold:hops=2,3", "--json", str(path)])
+
+    assert status == 0
+    document = json.loads(path.read_text())
+    best = document["values"][int(np.argmin(document["mean_cost"]))]
+    assert capsys.readouterr().out.splitlines()[-1] == f"best: threshold:hops={best:g}"
