@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from mecrl.backend import SimBackend
 from mecrl.problem import cost_tables
@@ -42,9 +43,12 @@ FEATURES: tuple[str, ...] = (
 HISTORY_FEATURES: tuple[str, ...] = (
     "recent_latency_over_slo",
     "oldest_latency_over_slo",
+    "ahead_latency_over_slo",
 )
 """Per-candidate features of the user's recent movement, after ``FEATURES``,
-when the scenario keeps ``history_slots`` of it."""
+when the scenario keeps ``history_slots`` of it. "Ahead" is the access site
+nearest to where the user would be if it went on as far again in the same
+direction as it came from the oldest remembered site."""
 
 HOPS_SCALE = 10.0
 """Hop counts are divided by this; policies multiply back to get integers."""
@@ -257,11 +261,26 @@ class CandidateView:
         slo_ms = s.classes.slo_ms[backend.cls][:, None]
         recent = s.latency_ms[history.sites[:, :, None], sites[:, None, :]]
         oldest = s.latency_ms[history.oldest[:, None], sites]
+        projected = self._ahead(backend.access, history.oldest)
+        ahead = s.latency_ms[projected[:, None], sites]
         table = self.layout.candidate_table(observation)
         first = len(FEATURES)
-        table[..., first] = np.minimum(recent.mean(axis=1) / slo_ms, FEATURE_CAP)
-        table[..., first + 1] = np.minimum(oldest / slo_ms, FEATURE_CAP)
+        table[..., first] = recent.mean(axis=1) / slo_ms
+        table[..., first + 1] = oldest / slo_ms
+        table[..., first + 2] = ahead / slo_ms
+        np.minimum(table[..., first:], FEATURE_CAP, out=table[..., first:])
         table[..., first:] *= mask[..., None]
+
+    @cached_property
+    def _access_tree(self) -> cKDTree:
+        """Nearest-neighbour index over the access sites' positions."""
+        return cKDTree(self.scenario.topology.positions_m[: self.scenario.n_access])
+
+    def _ahead(self, access: np.ndarray, oldest: np.ndarray) -> np.ndarray:
+        """Return the access site ahead of users who came from ``oldest``."""
+        xy_m = self.scenario.topology.positions_m
+        _, ahead = self._access_tree.query(2.0 * xy_m[access] - xy_m[oldest])
+        return np.asarray(ahead, dtype=np.int64)
 
     def _admit(
         self,

@@ -179,6 +179,10 @@ def test_history_features_follow_the_users_recent_access_sites(
         latency = scenario.latency_ms
         recent = latency[window[:, :, None], core.sites[:, None, :]].mean(axis=1)
         oldest = latency[window[:, 0][:, None], core.sites]
+        xy_m = scenario.topology.positions_m[: scenario.n_access]
+        projected_m = 2 * xy_m[window[:, -1]] - xy_m[window[:, 0]]
+        distance_m = np.linalg.norm(xy_m[None] - projected_m[:, None], axis=-1)
+        nearest = distance_m <= distance_m.min(axis=1, keepdims=True) + 1e-6
         np.testing.assert_allclose(
             layout.feature(observation, "recent_latency_over_slo"),
             np.where(core.mask, recent / slo_ms, 0.0),
@@ -189,6 +193,14 @@ def test_history_features_follow_the_users_recent_access_sites(
             np.where(core.mask, oldest / slo_ms, 0.0),
             rtol=1e-6,
         )
+        # the site nearest the projected point, any of them on a tie
+        ahead = layout.feature(observation, "ahead_latency_over_slo")
+        for n in range(30):
+            expected = [
+                np.where(core.mask[n], latency[site, core.sites[n]] / slo_ms[n], 0.0)
+                for site in np.flatnonzero(nearest[n])
+            ]
+            assert any(np.allclose(ahead[n], row, rtol=1e-6) for row in expected)
         core.step(random_actions(rng, core.mask))
         seen.append(core.backend.access.copy())
         observation = core.observe()
@@ -206,7 +218,7 @@ def test_history_leaves_the_static_features_unchanged() -> None:
     np.testing.assert_array_equal(
         plain.layout.progress(a), remembering.layout.progress(b)
     )
-    assert remembering.layout.size == plain.layout.size + 2 * 8
+    assert remembering.layout.size == plain.layout.size + 3 * 8
 
 
 def test_history_slots_must_not_be_negative() -> None:
