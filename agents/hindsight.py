@@ -242,3 +242,61 @@ def path_cost(
     weights = discount ** np.arange(horizon, dtype=np.float64)
     total: FloatArray = _discounted(per_slot, weights).sum(axis=1)
     return total
+
+
+def lookahead_sites(
+    slot_cost: npt.ArrayLike,
+    migration_cost: npt.ArrayLike,
+    initial_site: npt.ArrayLike,
+    window: int,
+) -> IntArray:
+    """Place services by replanning each slot with ``window`` slots of foresight.
+
+    At every slot the cheapest sequence over the next ``window`` slots is
+    planned from where the service runs, counting nothing beyond them; its
+    first step is taken and the plan is made again at the next slot. A
+    window of one slot picks the cheapest next slot among all sites; a window
+    as long as the episode follows the hindsight optimum. In between it
+    tells what predicting the user ``window`` slots ahead, exactly, would be
+    worth. No online policy knows that much, so this is a yardstick, not a
+    policy.
+
+    Args:
+        slot_cost: As for :func:`hindsight_optimum`.
+        migration_cost: As for :func:`hindsight_optimum`.
+        initial_site: As for :func:`hindsight_optimum`.
+        window: Slots planned at each step, >= 1.
+
+    Returns:
+        Sites (N, T) of each service at each slot.
+
+    Raises:
+        ValueError: If an argument is malformed or ``window`` < 1.
+    """
+    if window < 1:
+        raise ValueError(f"window: must be >= 1 slot, got {window}")
+    slot = _slot_array(slot_cost)
+    n_sites = slot.shape[2]
+    migration = _migration_array(migration_cost, n_sites)
+    initial = _site_array(initial_site, "initial_site", n_sites, shared_ndim=0)
+    n_services = _service_count(
+        slot_cost=slot.shape[0],
+        migration_cost=migration.shape[0],
+        initial_site=initial.shape[0],
+    )
+    horizon = slot.shape[1]
+    initial = np.broadcast_to(initial, (n_services,))
+
+    # a site that no slot allows never enters a plan: leaving it out of the
+    # dynamic programme saves its row and column of moves
+    keep = np.union1d(np.flatnonzero(np.isfinite(slot).any(axis=(0, 1))), initial)
+    slot = np.broadcast_to(slot[:, :, keep], (n_services, horizon, len(keep)))
+    migration = migration[:, keep][:, :, keep]
+
+    current = np.searchsorted(keep, initial)
+    sites = np.empty((n_services, horizon), dtype=np.int64)
+    for t in range(horizon):
+        plan = hindsight_optimum(slot[:, t : t + window], migration, current)
+        current = plan.sites[:, 0]
+        sites[:, t] = keep[current]
+    return sites

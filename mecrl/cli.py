@@ -92,8 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--seeds",
-        type=_seed_list,
+        type=_int_list,
         help="comma-separated episode seeds: mean and 95%% interval over them",
+    )
+    evaluate.add_argument(
+        "--lookahead",
+        type=_int_list,
+        metavar="W1,W2,...",
+        help="also plan with exact foresight of W slots (a yardstick: what "
+        "predicting the users W slots ahead would be worth)",
     )
     evaluate.add_argument(
         "--tune",
@@ -132,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", required=True, type=Path, help="output folder")
     plot.add_argument(
         "--seeds",
-        type=_seed_list,
+        type=_int_list,
         help="episode seeds of the cost breakdown (default: the first run's)",
     )
     plot.add_argument(
@@ -149,16 +156,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seed_list(text: str) -> list[int]:
+def _int_list(text: str) -> list[int]:
     try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("expected at least one seed")
-    return seeds
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
 
 
 def _add_episode_args(parser: argparse.ArgumentParser) -> None:
@@ -251,24 +258,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.tune:
         return _tune_heuristic(args)
     if args.runs or args.seeds:
+        _refuse_lookahead(args)
         return _evaluate_seeds(args)
     scenario = Scenario(load_config(args.scenario or DEFAULT_SCENARIO))
     names = [name.strip() for name in args.policies.split(",") if name.strip()]
-    outcomes = evaluate(scenario, args.seed, args.services, names)
+    outcomes = evaluate(scenario, args.seed, args.services, names, args.lookahead or ())
     best = outcomes[HINDSIGHT].total_cost
     print(
         f"scenario {scenario.config.name}, seed {args.seed}, "
         f"{args.services} services, {scenario.config.episode_slots} slots"
     )
     shown = [n for n in TERM_NAMES if any(o.weighted[n] for o in outcomes.values())]
-    header = f"{'policy':<11}{'total':>10}{'ratio':>8}{'moves':>7}" + "".join(
+    width = max(11, *(len(name) + 2 for name in outcomes))
+    header = f"{'policy':<{width}}{'total':>10}{'ratio':>8}{'moves':>7}" + "".join(
         f"{n:>16}" for n in shown
     )
     print(header)
     for name, outcome in outcomes.items():
         ratio = outcome.total_cost / best if best > 0 else float("nan")
         row = (
-            f"{name:<11}{outcome.total_cost:>10.2f}{ratio:>8.3f}{outcome.migrations:>7}"
+            f"{name:<{width}}{outcome.total_cost:>10.2f}{ratio:>8.3f}"
+            f"{outcome.migrations:>7}"
         )
         print(row + "".join(f"{outcome.weighted[n]:>16.2f}" for n in shown))
     print(
@@ -294,11 +304,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_lookahead(args: argparse.Namespace) -> None:
+    if args.lookahead:
+        raise ValueError(
+            "--lookahead plans one episode: use --seed, not --seeds or --runs"
+        )
+
+
 def _tune_heuristic(args: argparse.Namespace) -> int:
     from mecrl.evaluate import tune_policy
 
     if args.runs:
         raise ValueError("--tune sweeps a heuristic, not trained runs; drop --runs")
+    _refuse_lookahead(args)
     scenario = Scenario(load_config(args.scenario or DEFAULT_SCENARIO))
     seeds = args.seeds or [args.seed]
     tuning = tune_policy(scenario, seeds, args.services, args.tune)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mecrl.agents.hindsight import hindsight_optimum
+from mecrl.agents.hindsight import hindsight_optimum, lookahead_sites
 from mecrl.agents.policy import Policy, PolicyContext, make_policy, parse_policy_spec
 from mecrl.backend import SimBackend, SlotResult
 from mecrl.costs import TERM_NAMES
@@ -223,15 +223,40 @@ def run_hindsight(scenario: Scenario, seed: int, n_services: int) -> PolicyOutco
             problems.initial_site[members],
         )
         sites[members], optimum[members] = plan.sites, plan.total_cost
-    backend = SimBackend(scenario, coupled=False)
-    backend.reset(episode_key(seed), np.arange(n_services))
-    outcome = _Accumulator(scenario, n_services)
-    for t in range(scenario.config.episode_slots):
-        outcome.add(backend.step(sites[:, t]))
-    result = outcome.result()
+    result = _replay(scenario, seed, sites)
     if not np.allclose(result.per_service, optimum, rtol=1e-9, atol=1e-9):
         raise RuntimeError("replaying the hindsight path does not reproduce its cost")
     return result
+
+
+def run_lookahead(
+    scenario: Scenario, seed: int, n_services: int, window: int
+) -> PolicyOutcome:
+    """Run the planner that foresees ``window`` slots (a yardstick, not a policy).
+
+    See :func:`mecrl.agents.hindsight.lookahead_sites`.
+    """
+    problems = episode_problems(scenario, seed, n_services)
+    sites = np.empty(problems.access.shape, dtype=np.int64)
+    for c in np.unique(problems.cls):
+        members = np.flatnonzero(problems.cls == c)
+        sites[members] = lookahead_sites(
+            problems.slot_cost[members],
+            problems.migration_cost[c],
+            problems.initial_site[members],
+            window,
+        )
+    return _replay(scenario, seed, sites)
+
+
+def _replay(scenario: Scenario, seed: int, sites: np.ndarray) -> PolicyOutcome:
+    """Run episode ``seed`` with each service at ``sites`` (N, T); sum its costs."""
+    backend = SimBackend(scenario, coupled=False)
+    backend.reset(episode_key(seed), np.arange(sites.shape[0]))
+    outcome = _Accumulator(scenario, sites.shape[0])
+    for t in range(scenario.config.episode_slots):
+        outcome.add(backend.step(sites[:, t]))
+    return outcome.result()
 
 
 class _Accumulator:
@@ -260,10 +285,23 @@ class _Accumulator:
 
 
 def evaluate(
-    scenario: Scenario, seed: int, n_services: int, policies: list[str]
+    scenario: Scenario,
+    seed: int,
+    n_services: int,
+    policies: list[str],
+    lookahead: Sequence[int] = (),
 ) -> dict[str, PolicyOutcome]:
-    """Run ``policies`` and the hindsight optimum on the same problems."""
+    """Run ``policies`` and the hindsight optimum on the same problems.
+
+    Each window of ``lookahead`` adds the planner that foresees that many
+    slots, reported as ``lookahead-W``.
+    """
     outcomes = {HINDSIGHT: run_hindsight(scenario, seed, n_services)}
+    for window in lookahead:
+        logger.info("planning %d slots ahead on %s", window, scenario.config.name)
+        outcomes[f"lookahead-{window}"] = run_lookahead(
+            scenario, seed, n_services, window
+        )
     for name in policies:
         if name == HINDSIGHT:
             continue

@@ -4,7 +4,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from mecrl.agents.hindsight import hindsight_optimum, path_cost
+from mecrl.agents.hindsight import hindsight_optimum, lookahead_sites, path_cost
 
 
 def random_instance(
@@ -215,3 +215,44 @@ def test_bad_arguments_are_named(
 def test_path_cost_rejects_paths_of_the_wrong_length() -> None:
     with pytest.raises(ValueError, match="sites"):
         path_cost(np.zeros((4, 2)), np.zeros((2, 2)), 0, np.zeros(3, dtype=int))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lookahead_over_the_whole_episode_is_the_optimum(seed: int) -> None:
+    slot, migration, initial = random_instance(seed, 12, 6, infeasible_share=0.0)
+    plan = hindsight_optimum(slot, migration, initial)
+
+    for window in (12, 20):
+        sites = lookahead_sites(slot, migration, initial, window)
+        np.testing.assert_array_equal(sites, plan.sites)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lookahead_of_one_slot_takes_the_cheapest_next_slot(seed: int) -> None:
+    slot, migration, initial = random_instance(seed, 15, 7, infeasible_share=0.0)
+    slot[:, 3] = np.inf  # a site no slot allows stays out of every plan
+
+    sites = lookahead_sites(slot, migration, initial, 1)
+
+    previous, expected = initial, []
+    for t in range(15):
+        previous = int(np.argmin(slot[t] + migration[previous]))
+        expected.append(previous)
+    np.testing.assert_array_equal(sites[0], expected)
+    assert 3 not in sites
+
+
+def test_longer_foresight_costs_less_on_average() -> None:
+    totals = {window: 0.0 for window in (1, 3, 30)}
+    for seed in range(6):
+        slot, migration, initial = random_instance(seed, 30, 8, infeasible_share=0.0)
+        for window in totals:
+            sites = lookahead_sites(slot, migration, initial, window)
+            totals[window] += float(path_cost(slot, migration, initial, sites)[0])
+    assert totals[1] > totals[3] > totals[30]
+
+
+def test_lookahead_needs_a_window_of_a_slot() -> None:
+    slot, migration, initial = random_instance(0, 5, 3, infeasible_share=0.0)
+    with pytest.raises(ValueError, match="window: must be >= 1 slot, got 0"):
+        lookahead_sites(slot, migration, initial, 0)

@@ -320,3 +320,25 @@ def test_cli_tune_prints_the_best_spec(
     document = json.loads(path.read_text())
     best = document["values"][int(np.argmin(document["mean_cost"]))]
     assert capsys.readouterr().out.splitlines()[-1] == f"best: threshold:hops={best:g}"
+
+
+def test_cli_lookahead_rows_bracket_the_policies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["evaluate", "--scenario", "wang-1d", "--services", "8"]
+    status = main([*argv, "--lookahead", "1,200", "--policies", "never"])
+
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:-1]}
+    assert rows["lookahead-200"][1] == rows["hindsight"][1]  # the whole episode
+    assert float(rows["lookahead-1"][2]) > 1.0
+
+
+def test_cli_lookahead_refuses_several_seeds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["evaluate", "--seeds", "0,1", "--lookahead", "3"])
+
+    assert status == 2
+    assert "--lookahead plans one episode" in capsys.readouterr().err
