@@ -18,6 +18,7 @@ import yaml
 from mecrl import __version__
 from mecrl.config import ConfigError
 from mecrl.costs import TERM_NAMES, TERM_UNITS
+from mecrl.hosts import cli as hosts_cli
 from mecrl.scenario import SCENARIOS, Scenario, load_config
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.set_defaults(run=_plot)
 
     _add_tune_parser(commands)
+    hosts_cli.add_parsers(commands)
 
     bench = commands.add_parser("bench", help="measure environment throughput")
     bench.add_argument("--quick", action="store_true", help="small sizes, fast")

@@ -1,0 +1,129 @@
+"""Helpers of the host tests: agents, namespaces, a counter service."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from mecrl.hosts.client import AgentClient
+from mecrl.hosts.config import HostAgentConfig
+from mecrl.hosts.netns import _enter
+from mecrl.hosts.server import AgentServer, serve_in_thread
+
+TOOLS = ("containerd", "ctr", "runc", "umoci", "busybox", "nsenter", "iptables", "ip")
+IMAGE_REF = "docker.io/mecrl/busybox:latest"
+TOKEN = "test-token-0123456789"
+PREFIX = f"mecrlA{os.getpid()}"
+_names = itertools.count()
+
+COUNTER_ARGS = [
+    "nc",
+    "-ll",
+    "-p",
+    "7000",
+    "-e",
+    "/bin/sh",
+    "-c",
+    "while read l; do n=$(($(cat /data/count 2>/dev/null || echo 0)+1)); "
+    "echo $n > /data/count; echo $n; done",
+]
+"""A TCP counter: each line a client sends bumps the count in the volume."""
+
+
+def missing_tools() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (containerd, network namespaces)"
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            return f"needs {tool} on PATH (run .ci/install-hosts)"
+    return None
+
+
+def criu_works() -> bool:
+    """Return whether a CRIU that passes ``criu check`` is on PATH."""
+    if shutil.which("criu") is None:
+        return False
+    done = subprocess.run(["criu", "check"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def new_netns() -> str:
+    """Create a network namespace with a unique name and its loopback up."""
+    name = f"{PREFIX}-{next(_names)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    return name
+
+
+def delete_netns(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@dataclass
+class RunningAgent:
+    config: HostAgentConfig
+    server: AgentServer
+    client: AgentClient
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_agent(
+    workdir: Path,
+    containerd: str,
+    netns: str | None,
+    *,
+    can_checkpoint: bool = False,
+    runtime_handler: str = "io.containerd.runc.v2",
+) -> RunningAgent:
+    """Start an agent on a free loopback port, with its own containerd namespace."""
+    name = f"{PREFIX}-{next(_names)}"
+    token_file = workdir / "token"
+    token_file.write_text(TOKEN + "\n")
+    config = HostAgentConfig(
+        name=name,
+        listen="127.0.0.1:0",
+        token_file=str(token_file),
+        containerd_socket=containerd,
+        containerd_namespace=name,
+        netns_path=None if netns is None else f"/var/run/netns/{netns}",
+        runtime_handler=runtime_handler,
+        can_checkpoint=can_checkpoint,
+        state_dir=str(workdir / name),
+    )
+    server, _ = serve_in_thread(config)
+    return RunningAgent(config, server, AgentClient(server.url, TOKEN, timeout_s=60))
+
+
+def remove_all(agent: RunningAgent) -> None:
+    """Delete every container of the agent's namespace, whatever state it is in."""
+    ctr = agent.server.agent.ctr
+    for container in ctr.run("containers", "ls", "-q").split():
+        ctr.remove(container)
+
+
+def talk(netns: str, address: str, lines: int, port: int = 7000) -> list[str]:
+    """Open a connection from ``netns``, send ``lines`` lines, return the answers."""
+    answers: list[str] = []
+
+    def run() -> None:
+        _enter(f"/var/run/netns/{netns}")
+        with socket.create_connection((address, port), timeout=10) as conn:
+            stream = conn.makefile("rw")
+            for _ in range(lines):
+                stream.write("x\n")
+                stream.flush()
+                answers.append(stream.readline().strip())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    return answers
