@@ -355,12 +355,12 @@ class Testbed:
         raise RuntimeError(f"host agent {host.name} did not come up: {log[-2000:]}")
 
     def _healthy(self, host: TestbedHost) -> bool:
-        with entered(host.netns):
-            connection = http.client.HTTPConnection(host.address, AGENT_PORT, timeout=2)
+        connection = http.client.HTTPConnection(host.address, AGENT_PORT, timeout=2)
         try:
-            connection.request(
-                "GET", "/healthz", headers={"Authorization": f"Bearer {self.token()}"}
-            )
+            # the socket is made at connect: inside the host's namespace
+            with entered(host.netns):
+                connection.connect()
+            connection.request("GET", "/healthz")
             return connection.getresponse().status == 200
         except OSError:
             return False
