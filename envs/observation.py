@@ -22,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-from mecrl.backend import SimBackend
+from mecrl.backend import Backend
 from mecrl.problem import cost_tables
 from mecrl.scenario import Scenario
 
@@ -190,7 +190,7 @@ class CandidateView:
         table[:, :-1] = features
         return table
 
-    def view(self, backend: SimBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def view(self, backend: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return candidates (N, K), mask (N, K) and observations (N, size)."""
         cls, access, site = backend.cls, backend.access, backend.site
         if self.tabulated and cls.shape[0] == 1:
@@ -218,7 +218,7 @@ class CandidateView:
 
     def _admit(
         self,
-        backend: SimBackend,
+        backend: Backend,
         sites: np.ndarray,
         mask: np.ndarray,
         observation: np.ndarray,

@@ -59,6 +59,8 @@ class Backend(ABC):
     """(N,) where each service runs now (before this slot's decision)."""
     access: np.ndarray
     """(N,) the access site of each service's user in this slot."""
+    occupancy: Occupancy | None = None
+    """What runs where, when services share sites; None when uncoupled."""
 
     @abstractmethod
     def reset(self, key: int, service_ids: np.ndarray) -> None:
@@ -67,6 +69,16 @@ class Backend(ABC):
     @abstractmethod
     def step(self, target: np.ndarray) -> SlotResult:
         """Run this slot with each service at ``target``, then move users on."""
+
+    def step_one(self, target: int) -> ServiceSlot:
+        """:meth:`step` for a lone service, in Python scalars."""
+        result = self.step(np.array([target], dtype=np.int64))
+        return ServiceSlot(
+            {name: float(value[0]) for name, value in result.terms.items()},
+            float(result.cost[0]),
+            refused=bool(result.refused[0]),
+            moved=bool(result.moved[0]),
+        )
 
 
 @dataclass(frozen=True)
@@ -229,7 +241,7 @@ class SimBackend(Backend):
             raise ValueError(f"target site must lie in [0, {n}), got {target}")
         placement, moves = self.tables.placement_terms, self.tables.move_terms
         if placement is None or moves is None:
-            return self._step_one_by_arrays(target)
+            return super().step_one(target)
         here, cls, access = int(self.site[0]), int(self.cls[0]), int(self.access[0])
         zone = s.sites.zone
         allowed = target == here or bool(
@@ -249,15 +261,6 @@ class SimBackend(Backend):
         self.slot += 1
         return ServiceSlot(
             terms, float(cost), refused=site != target, moved=site != here
-        )
-
-    def _step_one_by_arrays(self, target: int) -> ServiceSlot:
-        result = self.step(np.array([target], dtype=np.int64))
-        return ServiceSlot(
-            {name: float(value[0]) for name, value in result.terms.items()},
-            float(result.cost[0]),
-            refused=bool(result.refused[0]),
-            moved=bool(result.moved[0]),
         )
 
     @cached_property

@@ -336,38 +336,47 @@ class Agent:
 
     def stop(self, service: str) -> dict[str, Any]:
         """Stop a service's container, keeping its volume and record."""
-        self.record(service)
         with self.lock:
+            self.record(service)
             self.ctr.remove(service)
         return {"service": service, "status": None}
 
     def delete(self, service: str) -> dict[str, Any]:
-        """Stop a service and delete all it left here."""
-        self.record(service)
+        """Stop a service and delete all it left here.
+
+        It waits for any request on the service still running here (say, a
+        start sent by a controller that then died), so nothing it creates
+        outlives the deletion.
+        """
+        folders = [
+            self._volume(service),
+            self.root / "checkpoints" / service,
+            self.root / "incoming" / service,
+        ]
         with self.lock:
+            if not self._record_path(service).is_file() and not any(
+                folder.exists() for folder in folders
+            ):
+                raise ApiError(404, f"no service {service!r} on {self.config.name}")
             self.ctr.remove(service)
             self.ctr.remove_image(self._checkpoint_ref(service))
-            for folder in (
-                self._volume(service),
-                self.root / "checkpoints" / service,
-                self.root / "incoming" / service,
-            ):
+            for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
             self._record_path(service).unlink(missing_ok=True)
         return {"service": service, "deleted": True}
 
     def pause(self, service: str) -> dict[str, Any]:
         """Freeze a running service (its state stops changing)."""
-        self.record(service)
         with self.lock:
+            self.record(service)
             if self.ctr.status(service) != "PAUSED":
                 self.ctr.pause(service)
         return self.status(service)
 
     def resume(self, service: str) -> dict[str, Any]:
         """Thaw a frozen service."""
-        self.record(service)
         with self.lock:
+            self.record(service)
             if self.ctr.status(service) == "PAUSED":
                 self.ctr.resume(service)
         return self.status(service)
@@ -509,16 +518,16 @@ class Agent:
         """Start (cold) or restore (live) a service from received state."""
         _check_mode(mode)
         incoming = self.root / "incoming" / service
-        if not (incoming / "service.json").is_file():
-            raise ApiError(409, f"no received state for {service!r}")
-        spec = from_dict(
-            ServiceSpec, json.loads((incoming / "service.json").read_text())
-        )
-        if mode == "live":
-            self._require_checkpoint()
-            if not (incoming / "images").is_dir():
-                raise ApiError(409, f"received state of {service!r} has no dump")
         with self.lock:
+            if not (incoming / "service.json").is_file():
+                raise ApiError(409, f"no received state for {service!r}")
+            spec = from_dict(
+                ServiceSpec, json.loads((incoming / "service.json").read_text())
+            )
+            if mode == "live":
+                self._require_checkpoint()
+                if not (incoming / "images").is_dir():
+                    raise ApiError(409, f"received state of {service!r} has no dump")
             self._admit(spec)
             if self.ctr.status(service) is not None:
                 raise ApiError(409, f"service {service!r} already exists here")

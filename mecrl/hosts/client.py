@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mecrl.hosts.netns import connect_from
+
 
 class AgentError(RuntimeError):
     """An agent refused a request or could not be reached.
@@ -38,21 +40,35 @@ class AgentClient:
     """CA bundle to verify an HTTPS agent with; the system's when None."""
     timeout_s: float = 120.0
     """Socket timeout of each request."""
+    netns_path: str | None = None
+    """Network namespace to connect from; the caller's when None (agents on
+    a testbed may be reachable only from inside it)."""
 
     def _connection(self) -> http.client.HTTPConnection:
         parts = urllib.parse.urlsplit(self.url)
         if parts.hostname is None or parts.port is None:
             raise ValueError(f"agent URL needs a host and a port, got {self.url!r}")
+        connection: http.client.HTTPConnection
+        context: ssl.SSLContext | None = None
         if parts.scheme == "https":
             context = ssl.create_default_context(cafile=self.ca_file)
-            return http.client.HTTPSConnection(
+            connection = http.client.HTTPSConnection(
                 parts.hostname, parts.port, timeout=self.timeout_s, context=context
             )
-        if parts.scheme != "http":
+        elif parts.scheme == "http":
+            connection = http.client.HTTPConnection(
+                parts.hostname, parts.port, timeout=self.timeout_s
+            )
+        else:
             raise ValueError(f"agent URL must be http or https, got {self.url!r}")
-        return http.client.HTTPConnection(
-            parts.hostname, parts.port, timeout=self.timeout_s
-        )
+        if self.netns_path is not None:
+            raw = connect_from(
+                self.netns_path, parts.hostname, parts.port, self.timeout_s
+            )
+            if context is not None:
+                raw = context.wrap_socket(raw, server_hostname=parts.hostname)
+            connection.sock = raw
+        return connection
 
     def request(
         self,
@@ -75,7 +91,10 @@ class AgentClient:
                 the agent cannot be reached.
         """
         headers = {"Authorization": f"Bearer {self.token}"}
-        connection = self._connection()
+        try:
+            connection = self._connection()
+        except OSError as exc:
+            raise AgentError(self.url, 0, str(exc)) from None
         try:
             if upload is not None:
                 headers["Content-Type"] = "application/octet-stream"

@@ -38,6 +38,10 @@ class HostAgentConfig:
     """containerd runtime handler of this host's containers."""
     can_checkpoint: bool = False
     """Whether this host checkpoints and restores running containers (CRIU)."""
+    offers_kata: bool | None = None
+    """Whether the host runs Kata (sandboxed) services; None means when its
+    handler is Kata's. True with the runc handler makes a host that follows
+    Kata's rules without Kata, for machines where Kata cannot be installed."""
     criu_path: str | None = None
     """CRIU binary runc should call; None uses the first ``criu`` on PATH."""
     tls_cert: str | None = None
@@ -70,6 +74,11 @@ class HostAgentConfig:
             "can_checkpoint",
             f"only {RUNC_HANDLER} can checkpoint",
         )
+        check(
+            not (self.can_checkpoint and self.offers_kata),
+            "can_checkpoint",
+            "a host offering kata follows Kata's rules and cannot checkpoint",
+        )
         try:
             ipaddress.ip_address(host.strip("[]"))
         except ValueError:
@@ -96,9 +105,10 @@ class HostAgentConfig:
     @property
     def runtimes(self) -> tuple[str, ...]:
         """Mecrl runtimes this host can run: Kata hosts run runc images too."""
-        if self.runtime_handler == KATA_HANDLER:
-            return ("runc", "kata")
-        return ("runc",)
+        kata = self.offers_kata
+        if kata is None:
+            kata = self.runtime_handler == KATA_HANDLER
+        return ("runc", "kata") if kata else ("runc",)
 
     @classmethod
     def from_file(cls, path: str | Path) -> HostAgentConfig:

@@ -193,7 +193,7 @@ class Migrator:
             raise AgentError(t.agent.url, 0, f"{service} is not healthy at {t.name}")
         step("started")
 
-        self._switch(address, t)
+        self.switch(address, t)
         report.downtime_s = time.perf_counter() - start
         step("switched", downtime_s=report.downtime_s)
 
@@ -201,7 +201,7 @@ class Migrator:
         report.ok = True
         step("done", moved_bytes=report.moved_bytes)
 
-    def _switch(self, address: str, serving: Host) -> None:
+    def switch(self, address: str, serving: Host) -> None:
         """Route ``address`` to ``serving`` everywhere, then let it answer."""
         serving.agent.post("/v1/addresses", {"address": address})
         for host in self.hosts.values():
@@ -266,7 +266,7 @@ class Migrator:
         begin = migration.begin
         spec = begin["spec"]
         s, t = self.hosts[begin["source"]], self.hosts[begin["target"]]
-        self._switch(spec["address"], t)
+        self.switch(spec["address"], t)
         self._drop_source(spec["service"], spec["address"], s)
         self.journal.append(migration.migration, "done")
 

@@ -140,7 +140,7 @@ def connect_s(
     def probe() -> None:
         try:
             if netns_path is not None:
-                _enter(netns_path)
+                enter_netns(netns_path)
         except OSError as exc:
             logger.warning("cannot probe %s:%d: %s", address, port, exc)
             return
@@ -157,7 +157,37 @@ def connect_s(
     return result[0]
 
 
-def _enter(netns_path: str) -> None:
+def connect_from(
+    netns_path: str, address: str, port: int, timeout_s: float
+) -> socket.socket:
+    """Return a TCP connection to ``address:port`` opened inside ``netns_path``.
+
+    A socket belongs to the namespace it was created in, so the connection
+    keeps working from any thread once opened.
+
+    Raises:
+        OSError: If the namespace cannot be entered or the connect fails.
+    """
+    result: list[socket.socket | OSError] = []
+
+    def connect() -> None:
+        try:
+            enter_netns(netns_path)
+            result.append(socket.create_connection((address, port), timeout_s))
+        except OSError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    if not result:
+        raise OSError(f"connecting to {address}:{port} from {netns_path} timed out")
+    if isinstance(result[0], OSError):
+        raise result[0]
+    return result[0]
+
+
+def enter_netns(netns_path: str) -> None:
     """Move the calling thread into the network namespace at ``netns_path``."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(netns_path, os.O_RDONLY)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mecrl.hosts.client import AgentClient
+from mecrl.hosts.client import AgentClient, AgentError
 from mecrl.hosts.config import HostAgentConfig
-from mecrl.hosts.netns import _enter
+from mecrl.hosts.containerd import Ctr
+from mecrl.hosts.netns import enter_netns
 from mecrl.hosts.server import AgentServer, serve_in_thread
 
 TOOLS = ("containerd", "ctr", "runc", "umoci", "busybox", "nsenter", "iptables", "ip")
@@ -115,7 +120,7 @@ def talk(netns: str, address: str, lines: int, port: int = 7000) -> list[str]:
     answers: list[str] = []
 
     def run() -> None:
-        _enter(f"/var/run/netns/{netns}")
+        enter_netns(f"/var/run/netns/{netns}")
         with socket.create_connection((address, port), timeout=10) as conn:
             stream = conn.makefile("rw")
             for _ in range(lines):
@@ -127,3 +132,154 @@ def talk(netns: str, address: str, lines: int, port: int = 7000) -> list[str]:
     thread.start()
     thread.join(30)
     return answers
+
+
+@dataclass
+class StarHost:
+    name: str
+    netns: str
+    address: str
+    url: str
+    config_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def netns_path(self) -> str:
+        return f"/var/run/netns/{self.netns}"
+
+
+@dataclass
+class Star:
+    """A user namespace linked to each host namespace by a veth pair.
+
+    Host ``k`` (from 1) has address ``10.99.k.2``; the user holds ``10.99.k.1``
+    on the link to it and forwards between them. Every namespace runs a real
+    agent process on its own address, port 7700.
+    """
+
+    user: StarHost
+    hosts: list[StarHost]
+    token_file: Path
+
+    def all(self) -> list[StarHost]:
+        return [self.user, *self.hosts]
+
+    def client(self, host: StarHost) -> AgentClient:
+        return AgentClient(
+            host.url, TOKEN, timeout_s=60, netns_path=self.user.netns_path
+        )
+
+
+def _ns(netns: str, *argv: str) -> None:
+    subprocess.run(["ip", "-n", netns, *argv], check=True, capture_output=True)
+
+
+def build_star(workdir: Path, containerd: str, n_hosts: int) -> Star:
+    """Create the namespaces and links of a :class:`Star` (agents not started)."""
+    token_file = workdir / "token"
+    token_file.write_text(TOKEN + "\n")
+    user_ns = new_netns()
+    subprocess.run(
+        ["ip", "netns", "exec", user_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        check=True,
+    )
+    hosts = []
+    for k in range(1, n_hosts + 1):
+        netns = new_netns()
+        _ns(
+            user_ns,
+            "link",
+            "add",
+            f"to{k}",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
+            netns,
+        )
+        _ns(user_ns, "addr", "add", f"10.99.{k}.1/24", "dev", f"to{k}")
+        _ns(user_ns, "link", "set", f"to{k}", "up")
+        _ns(netns, "addr", "add", f"10.99.{k}.2/24", "dev", "up0")
+        _ns(netns, "link", "set", "up0", "up")
+        _ns(netns, "route", "add", "default", "via", f"10.99.{k}.1")
+        hosts.append(_star_host(workdir, containerd, netns, f"10.99.{k}.2", token_file))
+    user = _star_host(workdir, containerd, user_ns, "10.99.1.1", token_file)
+    return Star(user, hosts, token_file)
+
+
+def _star_host(
+    workdir: Path, containerd: str, netns: str, address: str, token_file: Path
+) -> StarHost:
+    config = {
+        "name": netns,
+        "listen": f"{address}:7700",
+        "token_file": str(token_file),
+        "containerd_socket": containerd,
+        "containerd_namespace": netns,
+        "netns_path": f"/var/run/netns/{netns}",
+        "can_checkpoint": criu_works(),
+        "state_dir": str(workdir / netns),
+    }
+    path = workdir / f"{netns}.yaml"
+    path.write_text(json.dumps(config))
+    return StarHost(netns, netns, address, f"http://{address}:7700", path)
+
+
+def start_star_agent(host: StarHost, star: Star, **changes: object) -> None:
+    """Start (or restart) a host's agent process and wait for it to answer."""
+    if changes:
+        config = json.loads(host.config_path.read_text())
+        config.update(changes)
+        host.config_path.write_text(json.dumps(config))
+    mecrl = str(Path(sys.executable).parent / "mecrl")
+    log = (host.config_path.with_suffix(".log")).open("ab")
+    host.process = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            host.netns,
+            mecrl,
+            "host-agent",
+            "--config",
+            str(host.config_path),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            star.client(host).get("/healthz")
+            return
+        except AgentError:
+            if time.monotonic() > deadline or host.process.poll() is not None:
+                raise
+            time.sleep(0.1)
+
+
+def kill_agent(host: StarHost) -> None:
+    """SIGKILL a host's agent process (a crash, not a clean stop)."""
+    if host.process is not None and host.process.poll() is None:
+        os.killpg(host.process.pid, signal.SIGKILL)
+        host.process.wait(10)
+    host.process = None
+
+
+def teardown_star(star: Star) -> None:
+    """Stop every agent and container, then delete every namespace."""
+    for host in star.all():
+        kill_agent(host)
+    for host in star.all():
+        ctr = Ctr(
+            str(json.loads(host.config_path.read_text())["containerd_socket"]),
+            host.netns,
+        )
+        try:
+            for container in ctr.run("containers", "ls", "-q").split():
+                ctr.remove(container)
+        finally:
+            delete_netns(host.netns)
