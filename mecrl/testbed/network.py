@@ -136,7 +136,10 @@ class TestbedNetwork:
         every = [USER, *(host.name for host in self.spec.hosts)]
         for host in every:
             self._create_netns(host)
-        self.delay_by = delay_by if delay_by != "auto" else self._probe_delay()
+        available = self._probe_delay()
+        if delay_by == "netem" and available != "netem":
+            raise RuntimeError("netem is not available in this kernel")
+        self.delay_by = available if delay_by == "auto" else delay_by
         logger.info("testbed %s: link delay by %s", self.testbed_id, self.delay_by)
         all_links = [*self.links, *self.radio_links.values()]
         if self.delay_by == "netem":
