@@ -39,11 +39,19 @@ from mecrl.costs import weighted_total
 from mecrl.hosts.client import AgentClient, AgentError
 from mecrl.hosts.config import read_token
 from mecrl.hosts.journal import Journal
-from mecrl.hosts.migrate import HEALTH_WAIT_S, Host, Migrator, MoveReport
+from mecrl.hosts.migrate import (
+    HEALTH_WAIT_S,
+    Host,
+    Migrator,
+    MoveReport,
+    choose_mode,
+)
+from mecrl.migration import COLD
 from mecrl.problem import move_terms, placement_terms
 from mecrl.runtimes import RUNTIME_NAMES
 from mecrl.scenario import Scenario
 from mecrl.services import ISOLATION_LEVELS
+from mecrl.testbed import Testbed
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +139,40 @@ class HostsConfig:
     def from_file(cls, path: str | Path) -> HostsConfig:
         """Read a hosts file (YAML or TOML); unknown keys are an error."""
         return from_dict(cls, load_file(path))
+
+    @classmethod
+    def from_testbed(
+        cls, testbed: Testbed, journal: str | Path, args: tuple[str, ...]
+    ) -> HostsConfig:
+        """Return the hosts file of a running testbed.
+
+        Args:
+            testbed: The testbed; its hosts must stand for scenario sites.
+            journal: Migration journal file.
+            args: Command and arguments every service runs.
+        """
+        entries = tuple(
+            HostEntry(
+                name=host.name,
+                agent_url=host.agent_url or "",
+                address=host.address,
+                site=host.site,
+                runtime=host.runtime,
+                can_checkpoint=host.can_checkpoint,
+            )
+            for host in testbed.hosts.values()
+        )
+        return cls(
+            hosts=entries,
+            token_file=str(testbed.token_file),
+            journal=str(journal),
+            service=ServiceTemplate(
+                image=testbed.image_ref,
+                image_tar=None if testbed.image_tar is None else str(testbed.image_tar),
+                args=args,
+            ),
+            control_netns=testbed.user.netns_path,
+        )
 
 
 @BACKENDS.register("real")
@@ -334,7 +376,18 @@ class RealBackend(Backend):
 
     def _move(self, n: int, site: int) -> MoveReport:
         source = self.site_host[int(self.site[n])]
-        report = self.migrator.migrate(self.specs[n], source, self.site_host[site])
+        target = self.site_host[site]
+        # live only for classes the scenario moves live, and hosts that can
+        live = (
+            self.scenario.classes.mode[self.cls[n]] != COLD
+            and choose_mode(
+                self.specs[n]["runtime"], self.hosts[source], self.hosts[target]
+            )
+            == "live"
+        )
+        report = self.migrator.migrate(
+            self.specs[n], source, target, "live" if live else "cold"
+        )
         if report.ok:
             self.site[n] = site
         else:
