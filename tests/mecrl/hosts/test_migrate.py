@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from agentkit import (
     COUNTER_ARGS,
@@ -29,9 +30,12 @@ from agentkit import (
 )
 from agentkit import enter_netns as enter
 
+from mecrl.config import from_dict
+from mecrl.hosts.backend import HostEntry, HostsConfig, RealBackend, ServiceTemplate
 from mecrl.hosts.client import AgentError
 from mecrl.hosts.journal import Journal
 from mecrl.hosts.migrate import Host, Migrator
+from mecrl.scenario import Scenario, ScenarioConfig
 
 ADDRESS = "10.77.0.7"
 needs_criu = pytest.mark.skipif(
@@ -234,9 +238,12 @@ def test_killing_the_target_agent_mid_migration_leaves_the_source_serving(
 CONTROLLER = """
 import sys
 from mecrl.hosts.client import AgentClient
+from mecrl.config import from_dict
+from mecrl.hosts.backend import HostEntry, HostsConfig, RealBackend, ServiceTemplate
 from mecrl.hosts.client import AgentError
 from mecrl.hosts.journal import Journal
 from mecrl.hosts.migrate import Host, Migrator
+from mecrl.scenario import Scenario, ScenarioConfig
 token, netns, journal, mode, source, target = sys.argv[1:7]
 hosts = {}
 for item in sys.argv[7:]:
@@ -298,3 +305,56 @@ def test_a_controller_killed_mid_migration_recovers_from_the_journal(
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest
     other = star.client(star.hosts[1 - serving]).get("/v1/services")
     assert other["services"] == {}
+
+
+SANDBOXED = {
+    "name": "two-sites",
+    "episode_slots": 3,
+    "candidates": 2,
+    "topology": {"kind": "line", "params": {"n_sites": 2}},
+    "mobility": {"kind": "random-walk", "params": {"move_prob": 0.5}},
+    # the scenario believes both sites run kata: only the hosts know better
+    "sites": {"kata_fraction": 1.0, "layer_cache_prob": 1.0},
+    "services": [
+        {"name": "vault", "runtime": "kata", "isolation": "sandboxed", "state_mb": 1.0}
+    ],
+}
+
+
+@pytest.mark.slow
+def test_a_sandboxed_service_is_never_placed_on_a_runc_only_host(
+    star: Star, tmp_path: Path
+) -> None:
+    kata, runc = star.hosts
+    kill_agent(kata)
+    start_star_agent(kata, star, offers_kata=True, can_checkpoint=False)
+    entries = tuple(
+        HostEntry(h.name, h.url, h.address, site=i, runtime=r)
+        for i, (h, r) in enumerate([(kata, "kata"), (runc, "runc")])
+    )
+    hosts = HostsConfig(
+        hosts=entries,
+        token_file=str(star.token_file),
+        journal=str(tmp_path / "journal"),
+        service=ServiceTemplate(image=IMAGE_REF, args=tuple(COUNTER_ARGS)),
+        control_netns=star.user.netns_path,
+    )
+    scenario = Scenario(from_dict(ScenarioConfig, SANDBOXED))
+    backend = RealBackend(scenario, hosts)
+    try:
+        backend.reset(0, np.array([0]))
+        assert backend.site.tolist() == [0]
+        for _ in range(2):
+            result = backend.step(np.array([1]))
+            assert result.refused.tolist() == [True]
+            assert result.moved.tolist() == [False]
+            assert backend.site.tolist() == [0]
+        assert star.client(runc).get("/v1/services")["services"] == {}
+        # asked directly, the runc-only agent refuses too
+        spec = {**backend.specs[0], "service": "direct"}
+        with pytest.raises(AgentError, match=r"409: .*needs kata \(sandboxed\)"):
+            star.client(runc).post("/v1/services", spec)
+    finally:
+        backend.close()
+        kill_agent(kata)
+        start_star_agent(kata, star, offers_kata=False, can_checkpoint=criu_works())
