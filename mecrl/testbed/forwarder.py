@@ -12,11 +12,12 @@ devices, and with them the links, vanish when it exits. It runs as
 ``python -m mecrl.testbed.forwarder LINKS.json``, prints ``ready`` once every
 device exists, and stops on SIGTERM or SIGINT.
 
-The delay is timed with ``select`` timeouts at microsecond resolution and
-the process's timer slack lowered to 1 us. The time a frame spends in the
-kernel and in this loop before it is read is not subtracted, so a link is a
-few tens of microseconds slower than configured, more when the machine is
-busy.
+The delay is timed with ``select`` timeouts at microsecond resolution, the
+process's timer slack lowered to 1 us, and a short poll before each frame is
+due (see :meth:`Forwarder._timeout_s`). The time a frame spends in the kernel
+and in this loop before it is read is not subtracted, so each crossing of a
+link takes a few tens of microseconds more than configured, more when the
+machine is busy.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ _IFF_NO_PI = 0x1000
 _PR_SET_TIMERSLACK = 29
 _MAX_FRAME_BYTES = 65_600
 _READS_PER_WAKE = 64
-_LATENESS_WEIGHT = 0.05
+_SPIN_S = 0.0002
+_SPIN_FRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -114,17 +116,32 @@ class Forwarder:
         self._queues: dict[int, deque[tuple[float, bytes]]] = {
             fd: deque() for fd in self._route
         }
-        self._lateness_s = 0.0
+        self._queued = 0
 
     def run(self) -> None:
         """Forward frames until an exception (a signal handler's) stops it."""
         fds = list(self._route)
         while True:
-            timeout_s = self._release_due()
-            readable, _, _ = select.select(fds, [], [], timeout_s)
+            next_s = self._release_due()
+            readable, _, _ = select.select(fds, [], [], self._timeout_s(next_s))
             arrived_s = time.monotonic()
             for fd in readable:
                 self._receive(fd, arrived_s)
+
+    def _timeout_s(self, next_s: float | None) -> float | None:
+        """How long to wait for frames before the next one is due.
+
+        A timed wake-up comes some tens of microseconds late, a large error
+        on a link of half a millisecond. With few frames queued (pings, a
+        request) the loop wakes early and polls until the frame is due; under
+        bulk traffic it sleeps the whole way, so as not to spin a core.
+        """
+        if next_s is None:
+            return None
+        wait_s = next_s - time.monotonic()
+        if self._queued > _SPIN_FRAMES:
+            return max(0.0, wait_s)
+        return max(0.0, wait_s - _SPIN_S)
 
     def _receive(self, fd: int, arrived_s: float) -> None:
         out_fd, delay_s = self._route[fd]
@@ -135,26 +152,19 @@ class Forwarder:
             except BlockingIOError:
                 return
             queue.append((arrived_s + delay_s, frame))
+            self._queued += 1
 
     def _release_due(self) -> float | None:
-        """Write every frame whose time has come; return the wait until the next.
-
-        A wake-up comes some tens of microseconds after the timeout asked for,
-        so the wait is shortened by a running mean of that lateness.
-        """
+        """Write every frame whose time has come; return when the next is due."""
         now_s = time.monotonic()
         next_s = float("inf")
         for out_fd, queue in self._queues.items():
-            if queue and queue[0][0] - self._lateness_s <= now_s:
-                woke_late_s = now_s - (queue[0][0] - self._lateness_s)
-                self._lateness_s += _LATENESS_WEIGHT * (woke_late_s - self._lateness_s)
-            while queue and queue[0][0] - self._lateness_s <= now_s:
+            while queue and queue[0][0] <= now_s:
                 _write(out_fd, queue.popleft()[1])
+                self._queued -= 1
             if queue:
                 next_s = min(next_s, queue[0][0])
-        if next_s == float("inf"):
-            return None
-        return max(0.0, next_s - self._lateness_s - time.monotonic())
+        return None if next_s == float("inf") else next_s
 
 
 def _write(fd: int, frame: bytes) -> None:
