@@ -147,7 +147,8 @@ class HostsConfig:
         """Return the hosts file of a running testbed.
 
         Args:
-            testbed: The testbed; its hosts must stand for scenario sites.
+            testbed: The testbed. A host that stands for no scenario site
+                (a testbed from a spec file) stands for its index in the spec.
             journal: Migration journal file.
             args: Command and arguments every service runs.
         """
@@ -156,11 +157,11 @@ class HostsConfig:
                 name=host.name,
                 agent_url=host.agent_url or "",
                 address=host.address,
-                site=host.site,
+                site=index if host.site is None else host.site,
                 runtime=host.runtime,
                 can_checkpoint=host.can_checkpoint,
             )
-            for host in testbed.hosts.values()
+            for index, host in enumerate(testbed.hosts.values())
         )
         return cls(
             hosts=entries,
@@ -173,6 +174,28 @@ class HostsConfig:
             ),
             control_netns=testbed.user.netns_path,
         )
+
+
+def connect(config: HostsConfig) -> dict[str, Host]:
+    """Return every host of a hosts file, asking each agent what it can do."""
+    token = read_token(config.token_file)
+    hosts = {}
+    for entry in config.hosts:
+        client = AgentClient(
+            entry.agent_url,
+            token,
+            ca_file=config.tls_ca,
+            netns_path=config.control_netns,
+        )
+        info = client.get("/v1/info")
+        hosts[entry.name] = Host(
+            name=entry.name,
+            agent=client,
+            address=entry.address,
+            runtimes=("runc", "kata") if entry.runtime == "kata" else ("runc",),
+            can_checkpoint=entry.can_checkpoint and bool(info["can_checkpoint"]),
+        )
+    return hosts
 
 
 @BACKENDS.register("real")
@@ -197,7 +220,6 @@ class RealBackend(Backend):
         self.scenario = scenario
         self.config = hosts
         self.on_access = on_access
-        token = read_token(hosts.token_file)
         self.entries = {h.name: h for h in hosts.hosts}
         self.site_host = {h.site: h.name for h in hosts.hosts if h.site is not None}
         for site in self.site_host:
@@ -206,29 +228,11 @@ class RealBackend(Backend):
                 "hosts",
                 f"site {site} is not a site of {scenario.config.name!r}",
             )
-        clients = {
-            h.name: AgentClient(
-                h.agent_url, token, ca_file=hosts.tls_ca, netns_path=hosts.control_netns
-            )
-            for h in hosts.hosts
-        }
-        self.hosts = {h.name: self._host(h, clients[h.name]) for h in hosts.hosts}
+        self.hosts = connect(hosts)
         self.migrator = Migrator(self.hosts, Journal(hosts.journal))
         self.slot = 0
         self.specs: list[dict[str, Any]] = []
         self.last_moves: list[MoveReport | None] = []
-
-    @staticmethod
-    def _host(entry: HostEntry, client: AgentClient) -> Host:
-        info = client.get("/v1/info")
-        runtimes = ("runc", "kata") if entry.runtime == "kata" else ("runc",)
-        return Host(
-            name=entry.name,
-            agent=client,
-            address=entry.address,
-            runtimes=runtimes,
-            can_checkpoint=entry.can_checkpoint and bool(info["can_checkpoint"]),
-        )
 
     # -- episodes -------------------------------------------------------------
 
