@@ -449,6 +449,8 @@ def _agent_config(
         "netns_path": host.netns_path,
         "runtime_handler": host.runtime_handler,
         "can_checkpoint": host.can_checkpoint,
+        # a kata host running the runc stand-in still follows Kata's rules
+        "offers_kata": host.runtime == "kata",
         "state_dir": host.state_dir,
         "criu_path": criu,
     }

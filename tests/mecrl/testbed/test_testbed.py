@@ -14,6 +14,7 @@ import pytest
 from testbedkit import SPEC, containers_skip_reason, network_skip_reason
 
 from mecrl.config import from_dict
+from mecrl.hosts.config import HostAgentConfig
 from mecrl.testbed import Testbed, TestbedSpec, teardown
 from mecrl.testbed.containerd import IMAGE_REF
 from mecrl.testbed.netns import run
@@ -288,6 +289,15 @@ def test_containers_and_agents_run_in_the_hosts_and_leave_nothing(
             assert healthz_status(built, "user", each.address) == 200
         assert built.hosts["h2"].runtime == "kata"
         assert not built.hosts["h2"].can_checkpoint
+        # the agents read the configs the testbed wrote
+        configs = {
+            name: HostAgentConfig.from_file(str(each.agent_config))
+            for name, each in built.hosts.items()
+        }
+        assert configs["h2"].offers_kata is True
+        assert configs["h1"].offers_kata is False
+        assert configs["h1"].can_checkpoint
+        assert configs["h3"].netns_path == host.netns_path
         state = json.loads((tmp_path / STATE_FILE).read_text())
         pids = [p["pid"] for p in state["processes"]]
         assert shims_of(socket_path)
