@@ -6,6 +6,22 @@ working directory, and its CRI plugin is off (nothing here speaks
 Kubernetes). No registry is reachable from these machines, so the service
 image is built locally from busybox-static with umoci and kept as an OCI
 layout tarball that each host imports.
+
+Checkpoint and restore with this containerd (Debian 12: containerd 1.6,
+runc 1.1, CRIU 4.1.1 from ``.ci/install-hosts``): ``ctr tasks checkpoint
+--exit --image-path DIR`` dumps a task to plain CRIU images. ``ctr`` 1.6 has
+no ``run --checkpoint``, cannot export a checkpoint image, and ``ctr
+containers restore`` brings back the source's spec (its network namespace
+and volume), so the host agents restore by importing a checkpoint image
+built with the target's spec (:func:`mecrl.hosts.containerd.checkpoint_layout`).
+``ctr`` passes no CRIU options: established TCP connections need the
+container annotation ``org.criu.config`` naming a file that says
+``tcp-established``. Files the service holds open must be in its volume,
+since the container's writable layer does not move. After each dump CRIU
+leaves an iptables chain ``CRIU`` that drops all local traffic of the
+source host's namespace, until it is removed there. runc keeps its state
+under ``/run/containerd/runc/<containerd namespace>`` for the whole machine,
+which is why each host's containerd namespace carries the testbed's id.
 """
 
 from __future__ import annotations
