@@ -302,6 +302,8 @@ class Row:
     """The simulator's prediction with the default profile."""
     after_s: float
     """The simulator's prediction with the calibrated profile."""
+    fitted: bool = True
+    """Whether these moves were fitted, or held out to check the fit."""
 
     @property
     def error_after(self) -> float:
@@ -314,8 +316,12 @@ def table(
     before: RuntimeProfile,
     after: RuntimeProfile,
     bandwidth_mbps: float,
+    held_out: Sequence[float] = (),
 ) -> list[Row]:
-    """Return one row per mode and size, in the order measured."""
+    """Return one row per mode and size, in the order measured.
+
+    Sizes in ``held_out`` are marked as not fitted.
+    """
     keys = list(dict.fromkeys((s.mode, s.state_mb) for s in samples))
     rows = []
     for mode, state_mb in keys:
@@ -330,6 +336,7 @@ def table(
                 statistics.median(runs),
                 predict_s(before, mode, state_mb, bandwidth_mbps),
                 predict_s(after, mode, state_mb, bandwidth_mbps),
+                fitted=state_mb not in held_out,
             )
         )
     return rows
@@ -339,13 +346,14 @@ def markdown(rows: Sequence[Row]) -> str:
     """Return the rows as a Markdown table."""
     lines = [
         "| mode | state MB | runs | measured s | sim before s | sim after s "
-        "| error after |",
-        "|---|---|---|---|---|---|---|",
+        "| error after | |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.mode} | {r.state_mb:g} | {r.runs} | {r.measured_s:.3f} | "
-            f"{r.before_s:.3f} | {r.after_s:.3f} | {100 * r.error_after:.1f} % |"
+            f"{r.before_s:.3f} | {r.after_s:.3f} | {100 * r.error_after:.1f} % | "
+            f"{'fitted' if r.fitted else 'held out'} |"
         )
     return "\n".join(lines)
 

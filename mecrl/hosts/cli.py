@@ -37,6 +37,11 @@ def add_parsers(commands: Any) -> None:
         "--sizes", default="1,8,32", help="state sizes in MB (default 1,8,32)"
     )
     calibrate.add_argument(
+        "--held-out",
+        default="",
+        help="sizes in MB measured but not fitted, to check the fit (default none)",
+    )
+    calibrate.add_argument(
         "--modes", default="cold,live", help="migration modes (default cold,live)"
     )
     calibrate.add_argument("--repeats", type=int, default=3, help="moves per point")
@@ -102,6 +107,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from mecrl.runtimes import DEFAULT_PROFILES
 
     sizes = _numbers(args.sizes)
+    held_out = _numbers(args.held_out) if args.held_out else []
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         if mode not in ("cold", "live"):
@@ -109,12 +115,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
     if args.hosts is not None:
-        samples, where = _measure_hosts(args, sizes, modes)
+        samples, where = _measure_hosts(args, sizes + held_out, modes)
     else:
-        samples, where = _measure_testbed(args, sizes, modes)
+        samples, where = _measure_testbed(args, sizes + held_out, modes)
     before = DEFAULT_PROFILES["runc"]
-    after = calibrate.fit(samples, args.bandwidth_mbps)
-    rows = calibrate.table(samples, before, after, args.bandwidth_mbps)
+    fitted = [s for s in samples if s.state_mb not in held_out]
+    after = calibrate.fit(fitted, args.bandwidth_mbps)
+    rows = calibrate.table(samples, before, after, args.bandwidth_mbps, held_out)
     source = (
         f"mecrl calibrate on {where}, {args.bandwidth_mbps:g} Mbit/s, sizes "
         f"{args.sizes} MB, {args.repeats} moves each, {time.strftime('%Y-%m-%d')}"

@@ -125,6 +125,8 @@ def test_mecrl_calibrate_measures_a_testbed_and_writes_the_file(
         str(out),
         "--sizes",
         "1,4",
+        "--held-out",
+        "2",
         "--repeats",
         "1",
         "--modes",
@@ -137,6 +139,10 @@ def test_mecrl_calibrate_measures_a_testbed_and_writes_the_file(
     for mode in modes.split(","):
         assert f"| {mode} | 1 | 1 |" in printed
         assert f"| {mode} | 4 | 1 |" in printed
+        held_out = next(
+            line for line in printed.splitlines() if f"| {mode} | 2 |" in line
+        )
+        assert held_out.endswith("| held out |")
     profile = load_profiles(out).profiles["runc"]
     assert profile.start_s > 0.0
     assert profile != DEFAULT_PROFILES["runc"]
