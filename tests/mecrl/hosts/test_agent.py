@@ -11,12 +11,9 @@ from pathlib import Path
 import pytest
 from agentkit import (
     COUNTER_ARGS,
-    IMAGE_REF,
     TOKEN,
     RunningAgent,
     criu_works,
-    delete_netns,
-    new_netns,
     remove_all,
     start_agent,
     talk,
@@ -25,20 +22,36 @@ from agentkit import (
 from mecrl.config import ConfigError
 from mecrl.hosts.client import AgentClient, AgentError
 from mecrl.hosts.config import HostAgentConfig
+from mecrl.testbed import Testbed
+from mecrl.testbed.containerd import IMAGE_REF
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = new_netns()
-    try:
-        yield name
-    finally:
-        delete_netns(name)
+def netns(containers: Testbed) -> str:
+    return containers.hosts["a1"].netns
+
+
+def host_agent(
+    workdir: Path,
+    containers: Testbed,
+    host: str,
+    *,
+    netns: bool = True,
+    **options: bool,
+) -> RunningAgent:
+    where = containers.hosts[host]
+    return start_agent(
+        workdir,
+        containers.containerd_socket or "",
+        where.containerd_namespace,
+        where.netns_path if netns else None,
+        **options,
+    )
 
 
 @pytest.fixture
-def agent(workdir: Path, containerd: str, netns: str) -> Iterator[RunningAgent]:
-    running = start_agent(workdir, containerd, netns, can_checkpoint=criu_works())
+def agent(workdir: Path, containers: Testbed) -> Iterator[RunningAgent]:
+    running = host_agent(workdir, containers, "a1", can_checkpoint=criu_works())
     try:
         yield running
     finally:
@@ -47,8 +60,9 @@ def agent(workdir: Path, containerd: str, netns: str) -> Iterator[RunningAgent]:
 
 
 @pytest.fixture
-def imported(agent: RunningAgent, image_tar: Path) -> RunningAgent:
-    agent.client.post("/v1/images/import", {"ref": IMAGE_REF, "tar": str(image_tar)})
+def imported(agent: RunningAgent, containers: Testbed) -> RunningAgent:
+    tar = containers.image_tar or ""
+    agent.client.post("/v1/images/import", {"ref": IMAGE_REF, "tar": tar})
     return agent
 
 
@@ -229,9 +243,9 @@ def test_a_body_that_is_not_json_is_refused(agent: RunningAgent) -> None:
 
 
 def test_an_agent_without_a_namespace_changes_no_network(
-    workdir: Path, containerd: str
+    workdir: Path, containers: Testbed
 ) -> None:
-    running = start_agent(workdir, containerd, None)
+    running = host_agent(workdir, containers, "a2", netns=False)
     try:
         with pytest.raises(AgentError, match=r"409: .*no network namespace configured"):
             running.client.post("/v1/addresses", {"address": "10.77.9.9"})
@@ -244,12 +258,12 @@ def test_an_agent_without_a_namespace_changes_no_network(
 
 
 def test_a_host_without_criu_refuses_to_checkpoint(
-    workdir: Path, containerd: str, netns: str, image_tar: Path
+    workdir: Path, containers: Testbed
 ) -> None:
-    running = start_agent(workdir, containerd, netns, can_checkpoint=False)
+    running = host_agent(workdir, containers, "a2", can_checkpoint=False)
     try:
         running.client.post(
-            "/v1/images/import", {"ref": IMAGE_REF, "tar": str(image_tar)}
+            "/v1/images/import", {"ref": IMAGE_REF, "tar": containers.image_tar or ""}
         )
         running.client.post("/v1/services", counter())
         with pytest.raises(AgentError, match=r"409: .*cannot checkpoint"):

@@ -96,10 +96,11 @@ def test_an_episode_of_the_single_service_env_runs_on_real_hosts(
             assert not info["refused"]
             serving = host_of(testbed, info["site"])
             # the latency term is measured: radio RTT plus the RTT from the
-            # access host to the serving host, as configured on the links
+            # access host to the serving host, close to the links' (a loaded
+            # machine adds to it, never takes from it)
             network_ms = terms["access_latency"] - scenario.config.radio_rtt_ms
             configured_ms = testbed.configured_rtt_ms(access, serving)
-            assert network_ms == pytest.approx(configured_ms, rel=0.2, abs=0.5)
+            assert 0.8 * configured_ms - 0.5 <= network_ms <= 1.5 * configured_ms + 2
             away += access != serving
             if info["moved"]:
                 moves += 1
