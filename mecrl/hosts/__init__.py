@@ -8,5 +8,9 @@
 | :mod:`mecrl.hosts.agent` | what the agent's API does |
 | :mod:`mecrl.hosts.server` | the agent's HTTP server |
 | :mod:`mecrl.hosts.client` | a client of the agent's API |
+| :mod:`mecrl.hosts.journal` | the append-only, fsync'd migration journal |
+| :mod:`mecrl.hosts.migrate` | make-before-break migration, rollback, recovery |
+| :mod:`mecrl.hosts.backend` | the real backend and its hosts file |
+| :mod:`mecrl.hosts.calibrate` | fitting the runc profile to measured moves |
 | :mod:`mecrl.hosts.cli` | ``mecrl host-agent`` and ``mecrl calibrate`` |
 """

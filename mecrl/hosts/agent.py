@@ -66,8 +66,7 @@ from mecrl.hosts.containerd import (
     checkpoint_layout,
     target_spec,
 )
-from mecrl.hosts.netns import HostNetwork, check_address, connect_s
-from mecrl.hosts.netns import wait_port as port_open
+from mecrl.hosts.netns import HostNetwork, check_address, connect_s, wait_port
 from mecrl.runtimes import RUNTIME_NAMES
 from mecrl.services import ISOLATION_LEVELS
 
@@ -328,7 +327,7 @@ class Agent:
         while True:
             status = self.ctr.status(service)
             healthy = status == "RUNNING" and (
-                spec.port is None or port_open(spec.port, 0.2, self.config.netns_path)
+                spec.port is None or wait_port(spec.port, 0.2, self.config.netns_path)
             )
             if healthy or time.monotonic() >= deadline:
                 return {"service": service, "status": status, "healthy": healthy}

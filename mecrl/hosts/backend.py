@@ -230,6 +230,8 @@ class RealBackend(Backend):
             )
         self.hosts = connect(hosts)
         self.migrator = Migrator(self.hosts, Journal(hosts.journal))
+        # a controller that restarts finishes what its last run left open
+        self.migrator.recover()
         self.slot = 0
         self.specs: list[dict[str, Any]] = []
         self.last_moves: list[MoveReport | None] = []

@@ -52,8 +52,6 @@ class HostAgentConfig:
     """CA bundle to verify HTTPS peer agents with; the system's when None."""
     ctr_path: str = "ctr"
     """containerd's ``ctr`` client."""
-    health_timeout_s: float = 10.0
-    """How long a health check waits for a service's port to accept."""
 
     def __post_init__(self) -> None:
         check(bool(self.name), "name", "must not be empty")
@@ -89,11 +87,6 @@ class HostAgentConfig:
             (self.tls_cert is None) == (self.tls_key is None),
             "tls_key",
             "tls_cert and tls_key go together",
-        )
-        check(
-            self.health_timeout_s > 0,
-            "health_timeout_s",
-            f"must be > 0, got {self.health_timeout_s}",
         )
 
     @property

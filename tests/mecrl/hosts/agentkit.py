@@ -76,8 +76,12 @@ def start_agent(
     netns_path: str | None,
     *,
     can_checkpoint: bool = False,
+    tls: tuple[str, str] | None = None,
 ) -> RunningAgent:
-    """Start an agent on a free loopback port of the test's own namespace."""
+    """Start an agent on a free loopback port of the test's own namespace.
+
+    ``tls`` is a (certificate, key) pair to serve HTTPS with.
+    """
     name = f"agent{next(_names)}"
     token_file = workdir / "token"
     token_file.write_text(TOKEN + "\n")
@@ -90,9 +94,13 @@ def start_agent(
         netns_path=netns_path,
         can_checkpoint=can_checkpoint,
         state_dir=str(workdir / name),
+        tls_cert=None if tls is None else tls[0],
+        tls_key=None if tls is None else tls[1],
     )
     server, _ = serve_in_thread(config)
-    return RunningAgent(config, server, AgentClient(server.url, TOKEN, timeout_s=60))
+    ca_file = None if tls is None else tls[0]
+    client = AgentClient(server.url, TOKEN, ca_file=ca_file, timeout_s=60)
+    return RunningAgent(config, server, client)
 
 
 def remove_all(agent: RunningAgent) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agentkit import (
@@ -37,7 +39,7 @@ def host_agent(
     host: str,
     *,
     netns: bool = True,
-    **options: bool,
+    **options: Any,
 ) -> RunningAgent:
     where = containers.hosts[host]
     return start_agent(
@@ -299,3 +301,45 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         HostAgentConfig.from_file(path)
     path.write_text(base + "runtime_handler: io.containerd.kata.v2\n")
     assert HostAgentConfig.from_file(path).runtimes == ("runc", "kata")
+
+
+def test_tls_serves_https_to_a_client_that_trusts_the_certificate(
+    workdir: Path, containers: Testbed, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=agent",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    running = host_agent(workdir, containers, "a2", tls=(str(cert), str(key)))
+    try:
+        assert running.server.url.startswith("https://127.0.0.1:")
+        assert running.client.get("/v1/info")["name"] == running.config.name
+        untrusting = AgentClient(running.server.url, TOKEN)
+        with pytest.raises(
+            AgentError, match=r"unreachable: .*CERTIFICATE_VERIFY_FAILED"
+        ):
+            untrusting.get("/v1/info")
+        plain = AgentClient(running.server.url.replace("https", "http"), TOKEN)
+        with pytest.raises(AgentError):
+            plain.get("/v1/info")
+    finally:
+        running.stop()
