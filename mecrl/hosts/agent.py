@@ -496,7 +496,7 @@ class Agent:
         unpacked = Path(tempfile.mkdtemp(dir=self.root / "tmp"))
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(unpacked, filter="tar")
+                tar.extractall(unpacked, filter="data")
             spec = from_dict(
                 ServiceSpec, json.loads((unpacked / "service.json").read_text())
             )

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mecrl.backend import BACKENDS, Backend, SlotResult, spawn_services
-from mecrl.config import check, from_dict, load_file
+from mecrl.config import ConfigError, check, from_dict, load_file
 from mecrl.costs import weighted_total
 from mecrl.hosts.client import AgentClient, AgentError
 from mecrl.hosts.config import read_token
@@ -46,6 +46,7 @@ from mecrl.hosts.migrate import (
     MoveReport,
     choose_mode,
 )
+from mecrl.hosts.netns import check_address
 from mecrl.migration import COLD
 from mecrl.problem import move_terms, placement_terms
 from mecrl.runtimes import RUNTIME_NAMES
@@ -83,7 +84,10 @@ class HostEntry:
             "runtime",
             f"must be one of {', '.join(RUNTIME_NAMES)}; got {self.runtime!r}",
         )
-        ipaddress.IPv4Address(self.address)
+        try:
+            check_address(self.address)
+        except ValueError as exc:
+            raise ConfigError("address", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,10 @@ class HostsConfig:
         check(bool(sites), "hosts", "at least one host must stand for a site")
         if self.user is not None:
             check(self.user in names, "user", f"unknown host {self.user!r}")
-        ipaddress.IPv4Network(self.service_subnet)
+        try:
+            ipaddress.IPv4Network(self.service_subnet)
+        except ValueError as exc:
+            raise ConfigError("service_subnet", str(exc)) from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> HostsConfig:
