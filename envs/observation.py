@@ -23,7 +23,7 @@ from functools import cached_property
 import numpy as np
 from scipy.spatial import cKDTree
 
-from mecrl.backend import SimBackend
+from mecrl.backend import Backend
 from mecrl.problem import cost_tables
 from mecrl.scenario import Scenario
 
@@ -220,7 +220,7 @@ class CandidateView:
         table[..., : len(FEATURES)] = features.reshape(*table.shape[:-1], -1)
         return observation
 
-    def view(self, backend: SimBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def view(self, backend: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return candidates (N, K), mask (N, K) and observations (N, size)."""
         cls, access, site = backend.cls, backend.access, backend.site
         if self.tabulated and cls.shape[0] == 1:
@@ -240,7 +240,7 @@ class CandidateView:
             static = self.static_view(cls, access, site)
             sites, mask = static.sites, static.mask
             observation = self._blank_observations(static.features)
-        if backend.history is not None:
+        if self.layout.history:
             self._add_history(backend, sites, mask, observation)
         if backend.occupancy is not None:
             mask = self._admit(backend, sites, mask, observation)
@@ -249,14 +249,18 @@ class CandidateView:
 
     def _add_history(
         self,
-        backend: SimBackend,
+        backend: Backend,
         sites: np.ndarray,
         mask: np.ndarray,
         observation: np.ndarray,
     ) -> None:
         """Write the history features of allowed candidates into ``observation``."""
         history = backend.history
-        assert history is not None  # only called for backends keeping history
+        if history is None:
+            raise ValueError(
+                f"scenario {self.scenario.config.name!r} keeps history_slots, "
+                f"but the {type(backend).__name__} records no access history"
+            )
         s = self.scenario
         slo_ms = s.classes.slo_ms[backend.cls][:, None]
         recent = s.latency_ms[history.sites[:, :, None], sites[:, None, :]]
@@ -284,7 +288,7 @@ class CandidateView:
 
     def _admit(
         self,
-        backend: SimBackend,
+        backend: Backend,
         sites: np.ndarray,
         mask: np.ndarray,
         observation: np.ndarray,

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mecrl.backend import SimBackend
+from mecrl.backend import Backend, SimBackend
 from mecrl.envs.observation import FEATURE_CAP, CandidateView
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario, ScenarioConfig, load_scenario
@@ -47,6 +47,9 @@ class MigrationEnv(gym.Env[np.ndarray, np.int64]):
         action_space: ``"candidates"`` (K nearest feasible sites) or
             ``"sites"`` (one action per site, for small topologies).
         render_mode: Unused; no rendering.
+        backend: What places the service: the simulator when None, or a
+            backend built on the same scenario object, such as
+            :class:`mecrl.hosts.backend.RealBackend` driving real hosts.
 
     ``reset(options={"service": n})`` simulates service ``n`` of the
     episode's population (default 0), the same service ``n`` that the fleet
@@ -61,6 +64,7 @@ class MigrationEnv(gym.Env[np.ndarray, np.int64]):
         scenario: str | ScenarioConfig | Scenario = DEFAULT_SCENARIO,
         action_space: str = "candidates",
         render_mode: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
         if action_space not in ("candidates", "sites"):
             raise ValueError(
@@ -70,7 +74,9 @@ class MigrationEnv(gym.Env[np.ndarray, np.int64]):
         k = self.scenario.config.candidates if action_space == "candidates" else None
         self.view = CandidateView(self.scenario, k)
         self.layout = self.view.layout
-        self.backend = SimBackend(self.scenario, coupled=False)
+        if backend is not None and backend.scenario is not self.scenario:
+            raise ValueError("backend must be built on the scenario the env is given")
+        self.backend = backend or SimBackend(self.scenario, coupled=False)
         self.action_space = spaces.Discrete(self.layout.n_candidates)
         self.observation_space = spaces.Box(
             0.0, FEATURE_CAP, (self.layout.size,), dtype=np.float32

@@ -59,6 +59,10 @@ class Backend(ABC):
     """(N,) where each service runs now (before this slot's decision)."""
     access: np.ndarray
     """(N,) the access site of each service's user in this slot."""
+    occupancy: Occupancy | None = None
+    """What runs where, when services share sites; None when uncoupled."""
+    history: AccessHistory | None = None
+    """Recent access sites, kept when the scenario asks for history."""
 
     @abstractmethod
     def reset(self, key: int, service_ids: np.ndarray) -> None:
@@ -67,6 +71,16 @@ class Backend(ABC):
     @abstractmethod
     def step(self, target: np.ndarray) -> SlotResult:
         """Run this slot with each service at ``target``, then move users on."""
+
+    def step_one(self, target: int) -> ServiceSlot:
+        """:meth:`step` for a lone service, in Python scalars."""
+        result = self.step(np.array([target], dtype=np.int64))
+        return ServiceSlot(
+            {name: float(value[0]) for name, value in result.terms.items()},
+            float(result.cost[0]),
+            refused=bool(result.refused[0]),
+            moved=bool(result.moved[0]),
+        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +152,6 @@ class SimBackend(Backend):
         self.occupancy: Occupancy | None = None
         self.tables = cost_tables(scenario)
         self.slot = 0
-        self.history: AccessHistory | None = None
-        """Recent access sites, kept when the scenario asks for history."""
 
     def reset(self, key: int, service_ids: np.ndarray) -> None:
         """Start an episode: draw services and users, place services near users.
@@ -259,7 +271,7 @@ class SimBackend(Backend):
             raise ValueError(f"target site must lie in [0, {n}), got {target}")
         placement, moves = self.tables.placement_terms, self.tables.move_terms
         if placement is None or moves is None:
-            return self._step_one_by_arrays(target)
+            return super().step_one(target)
         here, cls, access = int(self.site[0]), int(self.cls[0]), int(self.access[0])
         zone = s.sites.zone
         allowed = target == here or bool(
@@ -286,15 +298,6 @@ class SimBackend(Backend):
         if self.history is not None:
             self.history.record(self.access)
         self.slot += 1
-
-    def _step_one_by_arrays(self, target: int) -> ServiceSlot:
-        result = self.step(np.array([target], dtype=np.int64))
-        return ServiceSlot(
-            {name: float(value[0]) for name, value in result.terms.items()},
-            float(result.cost[0]),
-            refused=bool(result.refused[0]),
-            moved=bool(result.moved[0]),
-        )
 
     @cached_property
     def _placement_flat(self) -> np.ndarray:

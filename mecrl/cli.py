@@ -19,7 +19,9 @@ import yaml
 from mecrl import __version__
 from mecrl.config import ConfigError
 from mecrl.costs import TERM_NAMES, TERM_UNITS
+from mecrl.hosts import cli as hosts_cli
 from mecrl.scenario import SCENARIOS, Scenario, load_config
+from mecrl.testbed import cli as testbed_cli
 
 if TYPE_CHECKING:
     # imported when used: they load torch and SB3, slow for the other commands
@@ -149,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     plot.set_defaults(run=_plot)
 
     _add_tune_parser(commands)
+    hosts_cli.add_parsers(commands)
+    testbed_cli.add_parsers(commands)
 
     bench = commands.add_parser("bench", help="measure environment throughput")
     bench.add_argument("--quick", action="store_true", help="small sizes, fast")

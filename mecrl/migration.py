@@ -65,6 +65,10 @@ def migration_effect(
     checkpoint_s: np.ndarray,
     restore_s: np.ndarray,
     prefetch_layers: bool,
+    checkpoint_s_per_mb: np.ndarray | float = 0.0,
+    restore_s_per_mb: np.ndarray | float = 0.0,
+    transfer_overhead_s: np.ndarray | float = 0.0,
+    transfer_s_per_mb: np.ndarray | float = 0.0,
 ) -> MigrationEffect:
     """Return the downtime and bytes of moving each service once.
 
@@ -81,17 +85,28 @@ def migration_effect(
         prefetch_layers: Whether cold moves pull missing layers before
             stopping the service (make-before-break) rather than during the
             outage.
+        checkpoint_s_per_mb: Checkpoint time per MB dumped.
+        restore_s_per_mb: Restore time per MB restored.
+        transfer_overhead_s: Fixed time of a state transfer beyond the wire.
+        transfer_s_per_mb: Time per MB of state beyond the wire.
     """
     mode = np.asarray(mode)
     layers_s = transfer_s(missing_layers_mb, bandwidth_mbps)
-    state_s = transfer_s(state_mb, bandwidth_mbps)
+
+    def copy_s(size_mb: np.ndarray) -> np.ndarray:
+        wire_s = transfer_s(size_mb, bandwidth_mbps)
+        return transfer_overhead_s + wire_s + np.asarray(size_mb) * transfer_s_per_mb
+
+    state_s = copy_s(state_mb)
 
     # cold: the outage spans stop, state copy and start
     cold_s = stop_s + state_s + start_s + (0.0 if prefetch_layers else layers_s)
 
     # pre-copy: rounds shrink geometrically by dirty rate over copy rate
     last_mb, live_mb = _precopy_rounds(state_mb, bandwidth_mbps, dirty_mb_per_s)
-    precopy_s = checkpoint_s + transfer_s(last_mb, bandwidth_mbps) + restore_s
+    freeze_s = checkpoint_s + last_mb * checkpoint_s_per_mb
+    thaw_s = restore_s + last_mb * restore_s_per_mb
+    precopy_s = freeze_s + copy_s(last_mb) + thaw_s
 
     # post-copy: short freeze, then the whole state is pulled while degraded
     postcopy_s = checkpoint_s + restore_s + POSTCOPY_DEGRADED_WEIGHT * state_s

@@ -94,6 +94,10 @@ def _effect(
         checkpoint_s=runtimes.column("checkpoint_s")[runtime],
         restore_s=runtimes.column("restore_s")[runtime],
         prefetch_layers=scenario.config.prefetch_layers,
+        checkpoint_s_per_mb=runtimes.column("checkpoint_s_per_mb")[runtime],
+        restore_s_per_mb=runtimes.column("restore_s_per_mb")[runtime],
+        transfer_overhead_s=runtimes.column("transfer_overhead_s")[runtime],
+        transfer_s_per_mb=runtimes.column("transfer_s_per_mb")[runtime],
     )
 
 

@@ -2,7 +2,9 @@
 
 One table holds every timing and memory constant of runc and Kata
 Containers, each with its source. A calibration file measured on real hosts
-(YAML or TOML, ``{runtimes: {kata: {start_s: 1.4}}}``) replaces any of them.
+(YAML or TOML, ``{runtimes: {kata: {start_s: 1.4}}}``, as ``mecrl calibrate``
+writes) replaces any of them. The per-MB and transfer terms are zero by
+default: no published figure separates them from the fixed times.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ class RuntimeProfile:
     """Fixed restore time of a checkpoint at the target."""
     exposure: float
     """Relative exposure to co-resident tenants (runc's shared kernel is 1)."""
+    checkpoint_s_per_mb: float = 0.0
+    """Checkpoint time per MB of state, on top of ``checkpoint_s``."""
+    restore_s_per_mb: float = 0.0
+    """Restore time per MB of state, on top of ``restore_s``."""
+    transfer_overhead_s: float = 0.0
+    """Fixed time of a state transfer beyond the wire: connection, archive,
+    unpacking, the controller's requests and the address switch."""
+    transfer_s_per_mb: float = 0.0
+    """Time per MB of state beyond the wire time (packing and unpacking)."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
