@@ -19,6 +19,7 @@ import numpy as np
 
 from mecrl.constraints import CONFLICTS, N_CATEGORIES, Occupancy
 from mecrl.costs import MOVE_TERMS, PLACEMENT_TERMS
+from mecrl.mobility import MobilitySource
 from mecrl.problem import cost_tables, move_terms, placement_terms
 from mecrl.registry import Registry
 from mecrl.rng import uniforms
@@ -51,6 +52,10 @@ class Backend(ABC):
     scenario: Scenario
     slot: int
     """Index of the slot about to be decided."""
+    service_ids: np.ndarray
+    """(N,) which services of the episode's population these are."""
+    mobility: MobilitySource
+    """Where the users go."""
     cls: np.ndarray
     """(N,) service class of each service."""
     tenant: np.ndarray
@@ -71,6 +76,21 @@ class Backend(ABC):
     @abstractmethod
     def step(self, target: np.ndarray) -> SlotResult:
         """Run this slot with each service at ``target``, then move users on."""
+
+    def _start_users(self, key: int) -> None:
+        """Place the users of ``service_ids`` at their first access sites."""
+        self.mobility = self.scenario.make_mobility()
+        self.access = self.mobility.reset(key, self.service_ids)
+        self.slot = 0
+        slots = self.scenario.config.history_slots
+        self.history = AccessHistory(self.access, slots) if slots > 0 else None
+
+    def _advance_users(self) -> None:
+        """Move every user on to the next slot's access site."""
+        self.access = self.mobility.advance()
+        if self.history is not None:
+            self.history.record(self.access)
+        self.slot += 1
 
     def step_one(self, target: int) -> ServiceSlot:
         """:meth:`step` for a lone service, in Python scalars."""
@@ -162,11 +182,7 @@ class SimBackend(Backend):
         s = self.scenario
         self.service_ids = np.asarray(service_ids, dtype=np.int64)
         self.cls, self.tenant = spawn_services(s, key, self.service_ids)
-        self.mobility = s.make_mobility()
-        self.access = self.mobility.reset(key, self.service_ids)
-        self.slot = 0
-        if s.config.history_slots > 0:
-            self.history = AccessHistory(self.access, s.config.history_slots)
+        self._start_users(key)
         if self.coupled:
             self.occupancy = Occupancy(s.constraints, len(s.classes.tenant_names))
             self.site = self._place_coupled()
@@ -291,13 +307,6 @@ class SimBackend(Backend):
         return ServiceSlot(
             terms, float(cost), refused=site != target, moved=site != here
         )
-
-    def _advance_users(self) -> None:
-        """Move every user on to the next slot's access site."""
-        self.access = self.mobility.advance()
-        if self.history is not None:
-            self.history.record(self.access)
-        self.slot += 1
 
     @cached_property
     def _placement_flat(self) -> np.ndarray:

@@ -257,9 +257,7 @@ class RealBackend(Backend):
         s = self.scenario
         self.service_ids = np.asarray(service_ids, dtype=np.int64)
         self.cls, self.tenant = spawn_services(s, key, self.service_ids)
-        self.mobility = s.make_mobility()
-        self.access = self.mobility.reset(key, self.service_ids)
-        self.slot = 0
+        self._start_users(key)
         self.migrator.recover()
         self.site = np.array(
             [self._first_site(n) for n in range(len(self.service_ids))],
@@ -377,8 +375,7 @@ class RealBackend(Backend):
             self.last_moves.append(report)
         terms = self._terms(previous, downtime_s, moved_mb)
         cost = weighted_total(terms, self.scenario.config.costs.weights)
-        self.access = self.mobility.advance()
-        self.slot += 1
+        self._advance_users()
         self._notify_access()
         return SlotResult(
             terms=terms,
