@@ -77,6 +77,21 @@ class Backend(ABC):
     def step(self, target: np.ndarray) -> SlotResult:
         """Run this slot with each service at ``target``, then move users on."""
 
+    def _checked_target(self, target: np.ndarray) -> np.ndarray:
+        """Return ``target`` as site indices, one per service.
+
+        Raises:
+            ValueError: If its shape or a site index is wrong.
+        """
+        target = np.asarray(target, dtype=np.int64)
+        if target.shape != self.site.shape:
+            raise ValueError(
+                f"target must have shape {self.site.shape}, got {target.shape}"
+            )
+        if ((target < 0) | (target >= self.scenario.n_sites)).any():
+            raise ValueError(f"target sites must lie in [0, {self.scenario.n_sites})")
+        return target
+
     def _start_users(self, key: int) -> None:
         """Place the users of ``service_ids`` at their first access sites."""
         self.mobility = self.scenario.make_mobility()
@@ -229,13 +244,7 @@ class SimBackend(Backend):
 
         A target that breaks a hard constraint is refused: the service stays.
         """
-        target = np.asarray(target, dtype=np.int64)
-        if target.shape != self.site.shape:
-            raise ValueError(
-                f"target must have shape {self.site.shape}, got {target.shape}"
-            )
-        if ((target < 0) | (target >= self.scenario.n_sites)).any():
-            raise ValueError(f"target sites must lie in [0, {self.scenario.n_sites})")
+        target = self._checked_target(target)
         previous = self.site
         new_site = self._apply(target)
         terms = self._placement_terms(new_site)

@@ -349,13 +349,7 @@ class RealBackend(Backend):
 
     def step(self, target: np.ndarray) -> SlotResult:
         """Move services to ``target`` where admissible, measure, move users on."""
-        target = np.asarray(target, dtype=np.int64)
-        if target.shape != self.site.shape:
-            raise ValueError(
-                f"target must have shape {self.site.shape}, got {target.shape}"
-            )
-        if ((target < 0) | (target >= self.scenario.n_sites)).any():
-            raise ValueError(f"target sites must lie in [0, {self.scenario.n_sites})")
+        target = self._checked_target(target)
         previous = self.site.copy()
         refused = np.zeros(len(target), dtype=bool)
         downtime_s = np.zeros(len(target))

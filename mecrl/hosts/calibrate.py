@@ -358,20 +358,21 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+FITTED: tuple[str, ...] = (
+    "start_s",
+    "stop_s",
+    "checkpoint_s",
+    "checkpoint_s_per_mb",
+    "restore_s",
+    "restore_s_per_mb",
+    "transfer_overhead_s",
+    "transfer_s_per_mb",
+)
+"""The runtime profile fields a calibration fits and writes."""
+
+
 def write(path: str | Path, profile: RuntimeProfile, source: str) -> None:
     """Write a calibration file that :func:`mecrl.runtimes.load_profiles` reads."""
-    timing = {
-        name: round(float(getattr(profile, name)), 6)
-        for name in (
-            "start_s",
-            "stop_s",
-            "checkpoint_s",
-            "checkpoint_s_per_mb",
-            "restore_s",
-            "restore_s_per_mb",
-            "transfer_overhead_s",
-            "transfer_s_per_mb",
-        )
-    }
+    timing = {name: round(float(getattr(profile, name)), 6) for name in FITTED}
     data = {"source": source, "runtimes": {"runc": timing}}
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -11,7 +11,7 @@ from agentkit import criu_works, missing_tools
 
 from mecrl.cli import main
 from mecrl.config import from_dict
-from mecrl.hosts.calibrate import Sample, fit, predict_s, wire_s, write
+from mecrl.hosts.calibrate import FITTED, Sample, fit, predict_s, wire_s, write
 from mecrl.problem import move_terms
 from mecrl.runtimes import DEFAULT_PROFILES, RuntimeProfile, load_profiles
 from mecrl.scenario import Scenario, ScenarioConfig
@@ -51,16 +51,7 @@ def test_the_fit_recovers_the_profile_that_made_the_samples() -> None:
         for mode in ("cold", "live")
     ]
     fitted = fit(samples, BANDWIDTH_MBPS)
-    for field in (
-        "start_s",
-        "stop_s",
-        "checkpoint_s",
-        "checkpoint_s_per_mb",
-        "restore_s",
-        "restore_s_per_mb",
-        "transfer_overhead_s",
-        "transfer_s_per_mb",
-    ):
+    for field in FITTED:
         assert getattr(fitted, field) == pytest.approx(getattr(TRUE, field), abs=1e-9)
     for sample in samples:
         predicted = predict_s(fitted, sample.mode, sample.state_mb, BANDWIDTH_MBPS)
