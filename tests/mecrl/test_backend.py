@@ -25,7 +25,7 @@ def random_targets(
 
 def test_registry_holds_the_simulator() -> None:
     assert BACKENDS.get("simulated") is SimBackend
-    with pytest.raises(KeyError, match="unknown backend 'k8s'; known: .*simulated"):
+    with pytest.raises(KeyError, match=r"unknown backend 'k8s'; known: .*simulated"):
         BACKENDS.get("k8s")
 
 
