@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mecrl.hosts.client import AgentClient, AgentError
+from mecrl.hosts.client import AgentClient, AgentError, image_query
 from mecrl.hosts.journal import Journal, Migration
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Migrator:
         service, address = spec["service"], spec["address"]
 
         # prepare: the target gets the image, then holds the address silently
-        if not t.agent.get(f"/v1/images?ref={spec['image']}")["present"]:
+        if not t.agent.get(image_query(spec["image"]))["present"]:
             sent = s.agent.post(
                 "/v1/images/send", {"ref": spec["image"], "peer": t.agent.url}
             )
