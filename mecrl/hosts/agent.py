@@ -52,13 +52,12 @@ import tarfile
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mecrl.config import ConfigError, check, from_dict
-from mecrl.hosts.client import AgentClient
+from mecrl.hosts.client import AgentClient, image_query
 from mecrl.hosts.config import HostAgentConfig
 from mecrl.hosts.containerd import (
     CRIU_CONFIG_ANNOTATION,
@@ -173,7 +172,12 @@ class Agent:
         return str(wrapper)
 
     def _criu_modes(self) -> list[str]:
-        """Return the checkpoint modes ``criu check`` allows here."""
+        """Return the checkpoint modes ``criu check`` allows here.
+
+        ``stop-and-copy`` is what migrations use; ``pre-copy`` is listed when
+        the kernel tracks dirty pages, for information. Lazy pages are not
+        listed: ``criu check`` reports them on kernels where they fail.
+        """
         if not self.config.can_checkpoint:
             return []
         criu = self.config.criu_path or "criu"
@@ -193,8 +197,6 @@ class Agent:
         modes = ["stop-and-copy"]
         if passes("--feature", "mem_dirty_track"):
             modes.append("pre-copy")
-        if passes("--feature", "uffd-noncoop"):
-            modes.append("lazy-pages")
         return modes
 
     # -- info and images ------------------------------------------------------
@@ -234,8 +236,7 @@ class Agent:
             archive = Path(folder) / "image.tar"
             self.ctr.export_image(ref, archive)
             start = time.perf_counter()
-            query = urllib.parse.urlencode({"ref": ref})
-            self._peer(peer).request("PUT", f"/v1/images?{query}", upload=archive)
+            self._peer(peer).request("PUT", image_query(ref), upload=archive)
             return {
                 "bytes": archive.stat().st_size,
                 "seconds": time.perf_counter() - start,

@@ -36,7 +36,7 @@ import numpy as np
 from mecrl.backend import BACKENDS, Backend, SlotResult, spawn_services
 from mecrl.config import ConfigError, check, from_dict, load_file
 from mecrl.costs import weighted_total
-from mecrl.hosts.client import AgentClient, AgentError
+from mecrl.hosts.client import AgentClient, AgentError, image_query
 from mecrl.hosts.config import read_token
 from mecrl.hosts.journal import Journal
 from mecrl.hosts.migrate import (
@@ -299,7 +299,7 @@ class RealBackend(Backend):
     def _deploy(self, spec: dict[str, Any], host_name: str) -> None:
         host = self.hosts[host_name]
         template = self.config.service
-        if not host.agent.get(f"/v1/images?ref={spec['image']}")["present"]:
+        if not host.agent.get(image_query(spec["image"]))["present"]:
             if template.image_tar is None:
                 raise ValueError(f"host {host_name} lacks {spec['image']!r}")
             host.agent.post(

@@ -132,3 +132,8 @@ class AgentClient:
     def delete(self, path: str) -> dict[str, Any]:
         """DELETE ``path``."""
         return self.request("DELETE", path)
+
+
+def image_query(ref: str) -> str:
+    """Return the path that asks an agent whether image ``ref`` is present."""
+    return "/v1/images?" + urllib.parse.urlencode({"ref": ref})

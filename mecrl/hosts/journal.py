@@ -54,6 +54,14 @@ class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # the new file's name must reach the disk as well as its lines
+            self.path.touch()
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         self._counter = 0
 
     def new_id(self, service: str) -> str:

@@ -10,13 +10,17 @@
 | started | the target restores or starts it, and it is healthy | roll back |
 | switched | every host routes the address to the target | roll forward |
 | done | the source's copy is deleted | roll forward |
+| source_restored | rolled back, but the target was down: clean it later | |
 
 Rolling back deletes what the target holds, routes the address back to the
 source and resumes the source (thaws it, or restores its own dump), so a
 failure at any step before the switch leaves the service running at the
 source. After the switch the target serves, and only the source's copy is
-left to delete. Every step reaches the journal before the next begins, so
-:func:`recover` can finish the same job after a crash of the controller.
+left to delete. A target that is down during a roll back is cleaned later:
+the migration stays open (``source_restored``) until :meth:`Migrator.recover`
+can. Every step reaches the journal before the next begins, so
+:meth:`Migrator.recover` can finish the same job after a crash of the
+controller.
 
 The downtime is measured at the controller, from the freeze request to the
 last route change; it omits the client's TCP retransmission back-off, which
@@ -31,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mecrl.hosts.client import AgentClient, AgentError
+from mecrl.hosts.client import AgentClient, AgentError, image_query
 from mecrl.hosts.journal import Journal, Migration
 
 logger = logging.getLogger(__name__)
@@ -159,7 +163,7 @@ class Migrator:
         service, address = spec["service"], spec["address"]
 
         # prepare: the target gets the image, then holds the address silently
-        if not t.agent.get(f"/v1/images?ref={spec['image']}")["present"]:
+        if not t.agent.get(image_query(spec["image"]))["present"]:
             sent = s.agent.post(
                 "/v1/images/send", {"ref": spec["image"], "peer": t.agent.url}
             )
@@ -227,21 +231,33 @@ class Migrator:
                 return migration
         raise KeyError(f"migration {key!r} is not in {self.journal.path}")
 
-    def _roll_back(self, migration: Migration) -> None:
-        """Leave the service running at the source, and nothing at the target."""
+    def _roll_back(self, migration: Migration) -> str:
+        """Leave the service running at the source, and nothing at the target.
+
+        If the target cannot be cleaned (it is down), the migration is
+        journalled as ``source_restored`` and stays open: :meth:`recover`
+        cleans the target once it answers, and only then records
+        ``rolled_back``.
+
+        Returns:
+            The step recorded: ``rolled_back`` or ``source_restored``.
+        """
         begin = migration.begin
         spec, mode = begin["spec"], begin["mode"]
         service, address = spec["service"], spec["address"]
         s, t = self.hosts[begin["source"]], self.hosts[begin["target"]]
 
         # the target may be gone: clean what can be cleaned there
-        for method, path in (
-            ("DELETE", f"/v1/services/{service}"),
-            ("DELETE", f"/v1/addresses/{address}"),
-            ("DELETE", f"/v1/drops/{address}"),
-        ):
+        cleaned = [
             _best_effort(t, method, path)
-        _best_effort(t, "POST", "/v1/routes", {"address": address, "toward": s.address})
+            for method, path in (
+                ("DELETE", f"/v1/services/{service}"),
+                ("DELETE", f"/v1/addresses/{address}"),
+                ("DELETE", f"/v1/drops/{address}"),
+            )
+        ]
+        route = {"address": address, "toward": s.address}
+        cleaned.append(_best_effort(t, "POST", "/v1/routes", route))
 
         # the source serves again: address, routes, then the task itself
         s.agent.post("/v1/addresses", {"address": address})
@@ -253,7 +269,10 @@ class Migrator:
         else:
             s.agent.post(f"/v1/services/{service}/resume")
         s.agent.delete(f"/v1/drops/{address}")
-        self.journal.append(migration.migration, "rolled_back")
+        step = "rolled_back" if all(cleaned) else "source_restored"
+        if not (step == "source_restored" and migration.reached(step)):
+            self.journal.append(migration.migration, step)
+        return step
 
     def _resume_live(self, service: str, s: Host) -> None:
         """Run the source again after a dump, or leave it if never dumped."""
@@ -277,7 +296,9 @@ class Migrator:
         healthy; any other is rolled back to its source.
 
         Returns:
-            (migration id, ``done`` or ``rolled_back``) for each one handled.
+            (migration id, ``done``, ``rolled_back`` or ``source_restored``)
+            for each one handled; ``source_restored`` stays open until its
+            target can be cleaned.
         """
         outcomes = []
         for migration in self.journal.unfinished():
@@ -287,9 +308,9 @@ class Migrator:
             forward = migration.reached("switched") and _healthy(target, service)
             if forward:
                 self._roll_forward(migration)
+                outcome = "done"
             else:
-                self._roll_back(migration)
-            outcome = "done" if forward else "rolled_back"
+                outcome = self._roll_back(migration)
             logger.info("recovered %s: %s", migration.migration, outcome)
             outcomes.append((migration.migration, outcome))
         return outcomes
@@ -304,9 +325,13 @@ def _healthy(host: Host, service: str) -> bool:
 
 def _best_effort(
     host: Host, method: str, path: str, body: dict[str, Any] | None = None
-) -> None:
-    """Send a clean-up request that may fail (the host may be down)."""
+) -> bool:
+    """Send a clean-up request; return whether it is done (or was not needed)."""
     try:
         host.agent.request(method, path, body)
     except AgentError as exc:
-        logger.info("clean-up %s %s at %s skipped: %s", method, path, host.name, exc)
+        if exc.status == 404:
+            return True
+        logger.warning("clean-up %s %s at %s failed: %s", method, path, host.name, exc)
+        return False
+    return True

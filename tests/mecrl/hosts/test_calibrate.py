@@ -7,14 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from agentkit import criu_works, missing_tools
 
 from mecrl.cli import main
-from mecrl.config import from_dict
+from mecrl.config import from_dict, to_dict
+from mecrl.hosts.backend import HostsConfig
 from mecrl.hosts.calibrate import FITTED, Sample, fit, predict_s, wire_s, write
+from mecrl.hosts.journal import Journal
 from mecrl.problem import move_terms
 from mecrl.runtimes import DEFAULT_PROFILES, RuntimeProfile, load_profiles
 from mecrl.scenario import Scenario, ScenarioConfig
+from mecrl.testbed import Testbed, TestbedSpec
 
 TRUE = dataclasses.replace(
     DEFAULT_PROFILES["runc"],
@@ -137,3 +141,57 @@ def test_mecrl_calibrate_measures_a_testbed_and_writes_the_file(
     profile = load_profiles(out).profiles["runc"]
     assert profile.start_s > 0.0
     assert profile != DEFAULT_PROFILES["runc"]
+
+
+@pytest.mark.slow
+def test_mecrl_calibrate_measures_the_hosts_of_a_hosts_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    spec = from_dict(
+        TestbedSpec,
+        {
+            "hosts": [{"name": "x1"}, {"name": "x2"}, {"name": "x3"}],
+            "links": [
+                {"hosts": ["x1", "x2"], "delay_ms": 1.0, "bandwidth_mbps": 100},
+                {"hosts": ["x2", "x3"], "delay_ms": 1.0, "bandwidth_mbps": 100},
+            ],
+            "user": {"access_host": "x1"},
+        },
+    )
+    with Testbed.up(spec, tmp_path / "testbed") as testbed:
+        hosts = HostsConfig.from_testbed(testbed, tmp_path / "journal", ())
+        path = tmp_path / "hosts.yaml"
+        path.write_text(yaml.safe_dump(to_dict(hosts)))
+        out = tmp_path / "calibration.yaml"
+        argv = [
+            "calibrate",
+            "--hosts",
+            str(path),
+            "--pair",
+            "x3,x1",
+            "--out",
+            str(out),
+            "--sizes",
+            "1",
+            "--repeats",
+            "2",
+            "--modes",
+            "cold",
+            "--bandwidth-mbps",
+            "100",
+        ]
+        assert main(argv) == 0
+        # both moves went over the two links between x3 and x1
+        journal = Journal(tmp_path / "journal").migrations()
+        assert [(m.begin["source"], m.begin["target"]) for m in journal] == [
+            ("x3", "x1"),
+            ("x1", "x3"),
+        ]
+        assert all(m.finished for m in journal)
+    assert load_profiles(out).profiles["runc"].start_s > 0.0
+    wrong = ["calibrate", "--hosts", str(path), "--pair", "x1,nope", "--out", str(out)]
+    assert main(wrong) == 2
+    assert "--pair must name two hosts" in capsys.readouterr().err

@@ -275,23 +275,33 @@ def test_killing_the_target_agent_mid_migration_leaves_the_source_serving(
     )
     assert not report.ok
     assert "unreachable" in (report.error or "") or "502" in (report.error or "")
-    assert migrator.journal.migrations()[-1].steps[-1] == "rolled_back"
+    # the target could not be cleaned: the migration stays open for that
+    assert migrator.journal.migrations()[-1].steps[-1] == "source_restored"
     source = bed.client(bed.source).get("/v1/services/svc?wait_s=10")
     assert source["healthy"]
     # the service answers at its address with its state intact
     assert talk(bed.user_netns, ADDRESS, 2) == ["4", "5"]
 
+    # once the target's agent is back, recovery cleans it and closes the move
+    restart_agent(bed, bed.target)
+    assert [outcome for _, outcome in migrator.recover()] == ["rolled_back"]
+    assert migrator.journal.unfinished() == []
+    assert bed.client(bed.target).get("/v1/services")["services"] == {}
+    held = subprocess.run(
+        ["ip", "-n", bed.target.netns, "-4", "addr", "show", "dev", "lo"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert ADDRESS not in held
+    assert talk(bed.user_netns, ADDRESS, 1) == ["6"]
+
 
 CONTROLLER = """
 import sys
 from mecrl.hosts.client import AgentClient
-from mecrl.config import from_dict
-from mecrl.hosts.backend import HostEntry, HostsConfig, RealBackend, ServiceTemplate
-from mecrl.hosts.client import AgentError
 from mecrl.hosts.journal import Journal
 from mecrl.hosts.migrate import Host, Migrator
-from mecrl.hosts.netns import enter_netns
-from mecrl.scenario import Scenario, ScenarioConfig
 token, netns, journal, mode, source, target = sys.argv[1:7]
 hosts = {}
 for item in sys.argv[7:]:
@@ -304,7 +314,7 @@ Migrator(hosts, Journal(journal)).migrate(spec, source, target, mode)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", ["frozen", "sent", "switched"])
+@pytest.mark.parametrize("kill_after", ["frozen", "sent", "started", "switched"])
 def test_a_controller_killed_mid_migration_recovers_from_the_journal(
     bed: Bed, migrator: Migrator, kill_after: str
 ) -> None:
