@@ -289,6 +289,17 @@ class SimBackend(Backend):
         values = table.take((self.cls * n + previous) * n + site, axis=1)
         return dict(zip(MOVE_TERMS, values, strict=True))
 
+    def admit(self, target: np.ndarray) -> np.ndarray:
+        """Move services to ``target`` where admissible; return where they run.
+
+        What :meth:`step` does before it costs the slot: a target that breaks
+        a hard constraint, or no longer fits once earlier services of the
+        batch have moved, is refused and the service stays. Users do not
+        move and the slot does not advance.
+        """
+        self.site = self._apply(np.asarray(target, dtype=np.int64))
+        return self.site
+
     def _apply(self, target: np.ndarray) -> np.ndarray:
         """Return the new placement: ``target`` where admissible, else stay."""
         s = self.scenario

@@ -19,6 +19,7 @@ from mecrl import __version__
 from mecrl.config import ConfigError
 from mecrl.costs import TERM_NAMES, TERM_UNITS
 from mecrl.scenario import SCENARIOS, Scenario, load_config
+from mecrl.serving.cli import add_parsers as add_serving_parsers
 
 if TYPE_CHECKING:
     # imported when used: they load torch and SB3, slow for the other commands
@@ -134,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.set_defaults(run=_plot)
 
     _add_tune_parser(commands)
+    add_serving_parsers(commands)
 
     bench = commands.add_parser("bench", help="measure environment throughput")
     bench.add_argument("--quick", action="store_true", help="small sizes, fast")

@@ -1,0 +1,155 @@
+"""Latency of decisions: in process, over HTTP at a fixed rate, and in batches.
+
+| figure | how |
+|---|---|
+| in process, one service | :meth:`Decider.decide` on a reported state of one |
+| | service (observation, mask, model, admission), p50 and p99 |
+| over HTTP at a fixed rate | an open-loop client sends one-service decision |
+| | requests on a fixed schedule to ``mecrl serve`` in another process on |
+| | loopback; latency counts from the scheduled send, so a client that falls |
+| | behind shows it; p50 and p99 |
+| batch of 10,000 | :meth:`Decider.decide` on 10,000 services (median), and |
+| | the same batch as one HTTP request, JSON both ways (median) |
+
+States are drawn from a coupled simulator of the bundle's scenario, so
+loads, candidates and masks are those of a real episode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from mecrl.backend import SimBackend
+from mecrl.bench import Figure
+from mecrl.evaluate import episode_key
+from mecrl.serving.bundle import load_bundle
+from mecrl.serving.decide import Decider, FleetState
+from mecrl.serving.orchestrate import report
+from mecrl.serving.process import ServerProcess
+
+RATE_PER_S = 1_000.0
+"""Request rate of the HTTP figure."""
+
+BATCH = 10_000
+"""Services in the batch figure."""
+
+
+def serving_figures(bundle_path: str | Path, quick: bool = False) -> Iterator[Figure]:
+    """Yield the serving figures of the bundle at ``bundle_path``."""
+    bundle = load_bundle(bundle_path)
+    decider = Decider(bundle)
+    one = _backend(bundle.scenario, 1)
+    state = _state(one)
+    p50, p99 = _percentiles_us(
+        _time_calls(lambda: decider.decide(state), 300 if quick else 5_000)
+    )
+    yield Figure("in process, one service: decision latency p50", p50, "us")
+    yield Figure("in process, one service: decision latency p99", p99, "us")
+
+    batch = _state(_backend(bundle.scenario, BATCH))
+    repeats = 3 if quick else 11
+    times = _time_calls(lambda: decider.decide(batch), repeats)
+    yield Figure(
+        f"in process, batch of {BATCH:,}: decision time",
+        statistics.median(times) * 1e3,
+        "ms",
+    )
+
+    token = secrets.token_urlsafe(24)
+    with ServerProcess(bundle_path, token) as server:
+        body = report(one, ["service-0"])
+        duration_s = 1.0 if quick else 5.0
+        latencies = asyncio.run(
+            _open_loop(server.url, server.headers, body, duration_s)
+        )
+        p50, p99 = _percentiles_us(latencies)
+        yield Figure(
+            f"HTTP at {RATE_PER_S:,.0f} requests/s: latency p50", p50 / 1e3, "ms"
+        )
+        yield Figure(
+            f"HTTP at {RATE_PER_S:,.0f} requests/s: latency p99", p99 / 1e3, "ms"
+        )
+        big = report(
+            _backend(bundle.scenario, BATCH), [f"service-{n}" for n in range(BATCH)]
+        )
+        with httpx.Client(
+            base_url=server.url, headers=server.headers, timeout=60
+        ) as client:
+
+            def post() -> None:
+                client.post("/v1/decisions", json=big).raise_for_status()
+
+            times = _time_calls(post, repeats)
+        yield Figure(
+            f"HTTP, batch of {BATCH:,}: request time",
+            statistics.median(times) * 1e3,
+            "ms",
+        )
+
+
+def _backend(scenario: Any, n_services: int) -> SimBackend:
+    backend = SimBackend(scenario, coupled=True)
+    backend.reset(episode_key(0), np.arange(n_services))
+    return backend
+
+
+def _state(backend: SimBackend) -> FleetState:
+    occupancy = backend.occupancy
+    assert occupancy is not None  # _backend makes coupled backends
+    return FleetState(
+        backend.cls,
+        backend.tenant,
+        backend.site,
+        backend.access,
+        backend.slot,
+        occupancy.cpu_used.copy(),
+        occupancy.memory_used.copy(),
+        len(backend.scenario.classes.tenant_names),
+    )
+
+
+def _time_calls(call: Any, repeats: int) -> list[float]:
+    call()  # warm caches and tables
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _percentiles_us(times_s: list[float]) -> tuple[float, float]:
+    values = np.asarray(times_s) * 1e6
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+async def _open_loop(
+    url: str, headers: dict[str, str], body: dict[str, Any], duration_s: float
+) -> list[float]:
+    """Send ``body`` at :data:`RATE_PER_S` for ``duration_s``; return latencies."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits
+    ) as client:
+        for _ in range(50):  # open connections before the clock starts
+            (await client.post("/v1/decisions", json=body)).raise_for_status()
+        n = int(duration_s * RATE_PER_S)
+        start = time.perf_counter()
+
+        async def one(i: int) -> float:
+            scheduled = start + i / RATE_PER_S
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            response = await client.post("/v1/decisions", json=body)
+            response.raise_for_status()
+            return time.perf_counter() - scheduled
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
