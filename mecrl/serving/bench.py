@@ -18,7 +18,9 @@ loads, candidates and masks are those of a real episode.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -29,8 +31,10 @@ import httpx
 import numpy as np
 
 from mecrl.backend import SimBackend
+from mecrl.constraints import Occupancy
 from mecrl.bench import Figure
 from mecrl.evaluate import episode_key
+from mecrl.scenario import Scenario
 from mecrl.serving.bundle import load_bundle
 from mecrl.serving.decide import Decider, FleetState
 from mecrl.serving.orchestrate import report
@@ -41,6 +45,9 @@ RATE_PER_S = 1_000.0
 
 BATCH = 10_000
 """Services in the batch figure."""
+
+CONNECTIONS = 8
+"""Connections of the open-loop client."""
 
 
 def serving_figures(bundle_path: str | Path, quick: bool = False) -> Iterator[Figure]:
@@ -69,7 +76,7 @@ def serving_figures(bundle_path: str | Path, quick: bool = False) -> Iterator[Fi
         body = report(one, ["service-0"])
         duration_s = 1.0 if quick else 5.0
         latencies = asyncio.run(
-            _open_loop(server.url, server.headers, body, duration_s)
+            _open_loop(server.port, server.headers, body, duration_s)
         )
         p50, p99 = _percentiles_us(latencies)
         yield Figure(
@@ -96,9 +103,18 @@ def serving_figures(bundle_path: str | Path, quick: bool = False) -> Iterator[Fi
         )
 
 
-def _backend(scenario: Any, n_services: int) -> SimBackend:
-    backend = SimBackend(scenario, coupled=True)
+def _backend(scenario: Scenario, n_services: int) -> SimBackend:
+    """Return an episode's first slot, services sharing the sites.
+
+    Each service starts at its nearest feasible site, as if alone, so that
+    more services than the sites can hold still make a state: the crowded
+    sites then admit no one.
+    """
+    backend = SimBackend(scenario, coupled=False)
     backend.reset(episode_key(0), np.arange(n_services))
+    occupancy = Occupancy(scenario.constraints, len(scenario.classes.tenant_names))
+    occupancy.add(backend.cls, backend.tenant, backend.site)
+    backend.occupancy = occupancy
     return backend
 
 
@@ -132,24 +148,87 @@ def _percentiles_us(times_s: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that posts a fixed request.
+
+    A client of a few lines, so that the client's own cost stays small
+    beside the server's at a thousand requests a second on two cores.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> _Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def post(self, request: bytes) -> None:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        if status != b"200":
+            raise RuntimeError(f"the server answered {status.decode()}")
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def _raw_request(port: int, headers: dict[str, str], body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    lines = [
+        "POST /v1/decisions HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+        *(f"{key}: {value}" for key, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
 async def _open_loop(
-    url: str, headers: dict[str, str], body: dict[str, Any], duration_s: float
+    port: int, headers: dict[str, str], body: dict[str, Any], duration_s: float
 ) -> list[float]:
-    """Send ``body`` at :data:`RATE_PER_S` for ``duration_s``; return latencies."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits
-    ) as client:
-        for _ in range(50):  # open connections before the clock starts
-            (await client.post("/v1/decisions", json=body)).raise_for_status()
-        n = int(duration_s * RATE_PER_S)
-        start = time.perf_counter()
+    """Send ``body`` at :data:`RATE_PER_S` for ``duration_s``; return latencies.
 
-        async def one(i: int) -> float:
-            scheduled = start + i / RATE_PER_S
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            response = await client.post("/v1/decisions", json=body)
-            response.raise_for_status()
-            return time.perf_counter() - scheduled
+    Requests go out on schedule whatever the answers' pace (open loop), each
+    on a free connection of a pool; a request waits for a free connection
+    only if every connection is busy, and that wait counts as latency.
+    """
+    request = _raw_request(port, headers, body)
+    pool: asyncio.Queue[_Connection] = asyncio.Queue()
+    connections = [await _Connection.open(port) for _ in range(CONNECTIONS)]
+    for connection in connections:
+        for _ in range(20):  # warm the server and the connection
+            await connection.post(request)
+        pool.put_nowait(connection)
+    n = int(duration_s * RATE_PER_S)
+    start = time.perf_counter()
 
+    async def one(i: int) -> float:
+        scheduled = start + i / RATE_PER_S
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        connection = await pool.get()
+        try:
+            await connection.post(request)
+        finally:
+            pool.put_nowait(connection)
+        return time.perf_counter() - scheduled
+
+    try:
         return list(await asyncio.gather(*(one(i) for i in range(n))))
+    finally:
+        for connection in connections:
+            await connection.close()

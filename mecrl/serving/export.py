@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,11 @@ def _write_onnx(
 ) -> None:
     observation = torch.zeros((2, layout.size), dtype=torch.float32)
     mask = torch.ones((2, layout.n_candidates), dtype=torch.bool)
-    # the TorchScript exporter needs no onnxscript and names the batch axis
-    with torch.no_grad():
+    # torch 2.13's default (dynamo) exporter needs the onnxscript package; the
+    # TorchScript one needs nothing more. torch has marked it deprecated, so a
+    # later torch may need dynamo=True (and onnxscript) here.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             graph,
             (observation, mask),

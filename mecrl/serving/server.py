@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
@@ -43,7 +44,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from mecrl import __version__
@@ -283,22 +284,34 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
     mapper = StateMapper(bundle.scenario, settings.max_batch, settings.max_tenants)
     guard = _bearer_guard(settings.token)
     _add_error_handlers(app)
+    _add_schemas(app, DecisionRequest)
 
     @app.post(
         "/v1/decisions",
         response_model=DecisionResponse,
         dependencies=[guard],
         responses=_ERRORS,
+        openapi_extra=_json_body(DecisionRequest),
     )
-    async def decisions(request: DecisionRequest) -> Response:
+    async def decisions(request: Request) -> Response:
         """Decide, for each service, whether to stay or to which site to move."""
-        result = decider.decide(mapper.state(request))
+        # pydantic parses the bytes itself: twice as fast as json.loads first
+        try:
+            body = DecisionRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
+        result = decider.decide(mapper.state(body))
         counts = np.bincount(result.kind, minlength=len(KINDS))
         for kind, count in zip(KINDS, counts.tolist(), strict=True):
             if count:
                 metrics.decisions.labels(kind).inc(count)
         name = bundle.scenario.config.name
-        return JSONResponse(answer(request, result, bundle.name, name))
+        return Response(
+            _JSON.dump_json(answer(body, result, bundle.name, name)),
+            media_type="application/json",
+        )
 
     @app.get("/v1/bundle", dependencies=[guard], responses=_ERRORS)
     async def manifest() -> dict[str, Any]:
@@ -322,6 +335,48 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
+
+
+_JSON = TypeAdapter(dict[str, Any])
+"""Writes answers; pydantic's serialiser is several times faster than json's."""
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """Return the OpenAPI request body of a route that parses ``model`` itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                }
+            },
+        }
+    }
+
+
+def _add_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Publish ``models`` in the OpenAPI components, for :func:`_json_body`."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                found = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+                components.update(found.pop("$defs", {}))
+                components[model.__name__] = found
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
