@@ -31,8 +31,8 @@ import httpx
 import numpy as np
 
 from mecrl.backend import SimBackend
-from mecrl.constraints import Occupancy
 from mecrl.bench import Figure
+from mecrl.constraints import Occupancy
 from mecrl.evaluate import episode_key
 from mecrl.scenario import Scenario
 from mecrl.serving.bundle import load_bundle

@@ -1,4 +1,4 @@
-"""``mecrl export``, ``mecrl serve``, ``mecrl orchestrate`` and ``mecrl bench-serve``."""
+"""The ``export``, ``serve``, ``orchestrate`` and ``bench-serve`` commands."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def add_parsers(commands: Any) -> None:
     orchestrate.add_argument("--services", type=int, default=20)
     orchestrate.add_argument(
         "--run",
+        dest="run_dir",
         type=Path,
         metavar="RUN_DIR",
         help="also run the run's policy in process and compare",
@@ -132,13 +133,20 @@ def _orchestrate(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
     token = read_token(args.token_file)
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=args.url, headers=headers, timeout=60.0) as client:
-        served = run_over_http(client, bundle.scenario, args.seed, args.services)
+    try:
+        with httpx.Client(base_url=args.url, headers=headers, timeout=60.0) as client:
+            served = run_over_http(client, bundle.scenario, args.seed, args.services)
+    except httpx.HTTPStatusError as exc:
+        raise ValueError(
+            f"the server answered {exc.response.status_code}: {exc.response.text}"
+        ) from None
+    except httpx.TransportError as exc:
+        raise ValueError(f"cannot reach the server at {args.url}: {exc}") from None
     print(f"over HTTP:  total cost {served.total:.6f}, {served.moves} moves")
-    if args.run is not None:
+    if args.run_dir is not None:
         from mecrl.train import RunDirectory
 
-        policy = RunDirectory.open(args.run).load_policy(bundle.scenario)
+        policy = RunDirectory.open(args.run_dir).load_policy(bundle.scenario)
         local = run_in_process(policy, bundle.view, args.seed, args.services)
         print(f"in process: total cost {local.total:.6f}, {local.moves} moves")
         if local.total != served.total:

@@ -52,9 +52,9 @@ class FleetState:
     slot: int
     """Slot of the episode, for the progress feature."""
     cpu_used: np.ndarray
-    """(M,) CPU in use at each site, infinite where not reported."""
+    """(M,) CPU in use at each site; infinite (full) where not reported."""
     memory_used: np.ndarray
-    """(M,) memory in use at each site, infinite where not reported."""
+    """(M,) memory in use at each site; infinite (full) where not reported."""
     n_tenants: int
     """Number of distinct tenant indices."""
 

@@ -72,6 +72,9 @@ class MaskedPolicyGraph(torch.nn.Module):
         masked: Whether the model reads the mask (MaskablePPO).
     """
 
+    policy: Any
+    """The SB3 policy: its submodules are reached by name, untyped."""
+
     def __init__(
         self, model: BaseAlgorithm, layout: ObservationLayout, masked: bool
     ) -> None:
@@ -86,11 +89,11 @@ class MaskedPolicyGraph(torch.nn.Module):
         if self.q_values:
             q_net = self.policy.q_net
             features = q_net.extract_features(observation, q_net.features_extractor)
-            return q_net.q_net(features)  # type: ignore[no-any-return]
+            return q_net.q_net(features)
         policy = self.policy
         features = policy.extract_features(observation, policy.pi_features_extractor)
         latent = policy.mlp_extractor.forward_actor(features)
-        return policy.action_net(latent)  # type: ignore[no-any-return]
+        return policy.action_net(latent)
 
     def forward(
         self, observation: torch.Tensor, mask: torch.Tensor
@@ -175,18 +178,17 @@ def _check_model(model: BaseAlgorithm, layout: ObservationLayout) -> None:
             f"the model sees {observation.shape} and acts over {action}; its "
             f"scenario needs ({layout.size},) and Discrete({layout.n_candidates})"
         )
-    policy = model.policy
-    extractors = (
-        [policy.q_net.features_extractor]  # type: ignore[attr-defined]
+    policy: Any = model.policy
+    extractor = (
+        policy.q_net.features_extractor
         if isinstance(model, DQN)
-        else [policy.pi_features_extractor]  # type: ignore[attr-defined]
+        else policy.pi_features_extractor
     )
-    for extractor in extractors:
-        if not isinstance(extractor, FlattenExtractor):
-            raise ValueError(
-                f"cannot export a features extractor {type(extractor).__name__}; "
-                "only SB3's default FlattenExtractor is reproduced"
-            )
+    if not isinstance(extractor, FlattenExtractor):
+        raise ValueError(
+            f"cannot export a features extractor {type(extractor).__name__}; "
+            "only SB3's default FlattenExtractor is reproduced"
+        )
 
 
 def _write_onnx(

@@ -16,7 +16,7 @@ indices, or raises :class:`RequestError` naming the offending field.
 | | when given, must be the class's |
 | ``sites[].id`` | site number |
 | ``sites[].cpu_cores_used``, ``memory_mb_used`` | load, services of the request |
-| | included; a site left out is taken as full |
+| | included; a site left out is taken as full (the cloud never fills) |
 | ``sites[].runtimes``, ``zone`` | optional; when given, must be the scenario's |
 
 Sites are numbered as the scenario numbers them: edge sites first, the
@@ -29,6 +29,7 @@ the runtime's overhead, as in the simulator.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -308,7 +309,7 @@ class StateMapper:
                     f"{reported[j]} is less than the {needed[j]} that the "
                     f"request's services at site {ids[j]} use",
                 )
-            load = np.full(s.n_sites, np.inf)
+            load = unreported_load(s.sites.cpu_cores)
             load[ids] = reported
             loads.append(load)
         return loads[0], loads[1]
@@ -331,6 +332,14 @@ class StateMapper:
             )
 
 
+def unreported_load(capacity: np.ndarray) -> np.ndarray:
+    """Return the load taken for sites a request leaves out: full.
+
+    The cloud never fills, so it gets no load at all.
+    """
+    return np.where(np.isfinite(capacity), np.inf, 0.0)
+
+
 def _mismatch(
     service: ServiceReport, config: ServiceClassConfig
 ) -> tuple[str, str] | None:
@@ -346,7 +355,7 @@ def _mismatch(
     return None
 
 
-def _check_unique(loc: tuple[str | int, ...], ids: list[str] | list[int]) -> None:
+def _check_unique(loc: tuple[str | int, ...], ids: Sequence[str | int]) -> None:
     seen: dict[str | int, int] = {}
     for i, key in enumerate(ids):
         if key in seen:

@@ -132,6 +132,7 @@ class RequestMetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, then count and time it."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -160,6 +161,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse an oversized body, or pass the request on with its body."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -536,7 +538,7 @@ def _tensors(
             f"inputs must be exactly observation and mask, got "
             f"{[t.name for t in request.inputs]}"
         )
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for key, tensor in given.items():
         rows = tensor.shape[0]
         if tensor.datatype != datatypes[key]:

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
+from mecrl.agents.learned import ALGORITHMS
 from mecrl.config import from_dict
 from mecrl.scenario import load_config
 from mecrl.serving.export import export_run
 from mecrl.serving.process import ServerProcess
 from mecrl.train import TrainConfig, start_run, train_run
-
-from mecrl.agents.learned import ALGORITHMS
 
 TOKEN = "test-token-3f9a"
 

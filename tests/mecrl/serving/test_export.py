@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from mecrl import __version__
+from mecrl.agents.learned import ALGORITHMS
 from mecrl.backend import SimBackend
 from mecrl.envs.observation import FEATURES
 from mecrl.evaluate import episode_key
 from mecrl.scenario import load_config
 from mecrl.serving.bundle import file_sha256, load_bundle
 from mecrl.serving.export import export_run
-from mecrl.agents.learned import ALGORITHMS
 from mecrl.train import RunDirectory
 
 TinyRun = Callable[[Path, Path, str], Path]
@@ -82,7 +82,7 @@ def test_every_site_action_space_stays_at_the_current_site_when_masked(
     run = train_tiny(tmp_path / "runs", scenario, "dqn")
     export_run(run, tmp_path / "bundle")
 
-    loaded, observation, mask, expected = recorded_episode(run, tmp_path / "bundle")
+    loaded, observation, mask, _expected = recorded_episode(run, tmp_path / "bundle")
     assert loaded.manifest["actions"]["space"] == "sites"
     # forbid moving in half of the rows: the fallback must find the current site
     rng = np.random.default_rng(0)
@@ -139,7 +139,8 @@ def test_bundle_loads_and_acts_without_torch(bundles: dict[str, Path]) -> None:
         f"bundle = load_bundle({str(bundles['ppo'])!r})\n"
         "create_app(bundle, ServerSettings(token='t'))\n"
         "size, k = bundle.view.layout.size, bundle.view.layout.n_candidates\n"
-        "action, _ = bundle.act(np.zeros((3, size), np.float32), np.ones((3, k), bool))\n"
+        "zeros, ones = np.zeros((3, size), np.float32), np.ones((3, k), bool)\n"
+        "action, _ = bundle.act(zeros, ones)\n"
         "print(action.tolist())\n"
     )
     result = subprocess.run(

@@ -90,7 +90,8 @@ def test_health_needs_no_token(server: ServerProcess) -> None:
 
 
 def test_server_binds_loopback_by_default(server: ServerProcess) -> None:
-    assert server.process is not None and server.process.stdout is not None
+    assert server.process is not None
+    assert server.process.stdout is not None
     line = server.process.stdout.readline().decode()
     assert f"on http://127.0.0.1:{server.port}" in line
 
@@ -373,7 +374,7 @@ def test_openapi_schema_documents_the_decision_request(server: ServerProcess) ->
 
 
 def _tensors(bundle: Bundle, n: int) -> tuple[np.ndarray, np.ndarray]:
-    sites, mask, observation = bundle.view.view(episode(bundle, n))
+    _sites, mask, observation = bundle.view.view(episode(bundle, n))
     return observation, mask
 
 
@@ -420,7 +421,8 @@ def test_inference_protocol_infer_runs_the_raw_model(
 
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["model_name"] == dqn.name and answer["id"] == "req-1"
+    assert answer["model_name"] == dqn.name
+    assert answer["id"] == "req-1"
     outputs = {o["name"]: o for o in answer["outputs"]}
     action, proposed = dqn.act(observation, mask)
     assert outputs["action"]["datatype"] == "INT64"
