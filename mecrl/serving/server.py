@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -153,6 +152,43 @@ class RequestMetricsMiddleware:
             self.metrics.requests.labels(label, str(status[0])).inc()
 
 
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/openapi.json"})
+"""Paths answered without a token: probes and the schema."""
+
+
+class BearerMiddleware:
+    """Answers 401 unless the request carries the bearer token.
+
+    A middleware rather than a FastAPI dependency: resolving dependencies
+    costs more than the decision itself on a one-service request.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = b"bearer " + token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on if it may be answered, else refuse it."""
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+        # the scheme is case-insensitive; the token is compared in constant time
+        scheme, _, credentials = given.partition(b" ")
+        if hmac.compare_digest(scheme.lower() + b" " + credentials, self.expected):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            {"detail": "missing or wrong bearer token"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Answers 413 to a request body over ``max_bytes``, before parsing it."""
 
@@ -171,7 +207,7 @@ class BodyLimitMiddleware:
             and declared.isdigit()
             and int(declared) > self.max_bytes
         ):
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         # read it all (chunked bodies declare no length), then replay it
         chunks, size, more = [], 0, True
@@ -182,7 +218,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -198,19 +234,12 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
             {"detail": f"request body over the limit of {self.max_bytes} bytes"},
             status_code=413,
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": response.raw_headers,
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        await response(scope, receive, send)
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -284,14 +313,12 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
     metrics = Metrics()
     decider = Decider(bundle)
     mapper = StateMapper(bundle.scenario, settings.max_batch, settings.max_tenants)
-    guard = _bearer_guard(settings.token)
     _add_error_handlers(app)
     _add_schemas(app, DecisionRequest)
 
     @app.post(
         "/v1/decisions",
         response_model=DecisionResponse,
-        dependencies=[guard],
         responses=_ERRORS,
         openapi_extra=_json_body(DecisionRequest),
     )
@@ -315,14 +342,14 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
             media_type="application/json",
         )
 
-    @app.get("/v1/bundle", dependencies=[guard], responses=_ERRORS)
+    @app.get("/v1/bundle", responses=_ERRORS)
     async def manifest() -> dict[str, Any]:
         """Return the bundle's manifest."""
         return bundle.manifest
 
-    _add_inference_routes(app, bundle, settings, guard)
+    _add_inference_routes(app, bundle, settings)
 
-    @app.get("/metrics", dependencies=[guard], responses=_ERRORS)
+    @app.get("/metrics", responses=_ERRORS)
     async def prometheus() -> Response:
         """Return the metrics in Prometheus' text format."""
         return Response(
@@ -334,7 +361,10 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
         np.zeros((1, bundle.view.layout.size), np.float32),
         np.ones((1, bundle.view.layout.n_candidates), bool),
     )
+    # the last added runs first: count, then check the token, then the size
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.token is not None:
+        app.add_middleware(BearerMiddleware, token=settings.token)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 
@@ -368,7 +398,14 @@ def _add_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            for path, operations in schema["paths"].items():
+                if path not in OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            components = schema["components"].setdefault("schemas", {})
             for model in models:
                 found = model.model_json_schema(
                     ref_template="#/components/schemas/{model}"
@@ -385,26 +422,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or wrong bearer token"},
     413: {"description": "request body over the size limit"},
 }
-
-
-_BEARER = HTTPBearer(auto_error=False)
-
-
-def _bearer_guard(token: str | None) -> Any:
-    async def check(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> None:
-        if token is None:
-            return
-        given = "" if credentials is None else credentials.credentials
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return Depends(check)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -438,7 +455,7 @@ def _error_entry(error: Any) -> dict[str, Any]:
 
 
 def _add_inference_routes(
-    app: FastAPI, bundle: Bundle, settings: ServerSettings, guard: Any
+    app: FastAPI, bundle: Bundle, settings: ServerSettings
 ) -> None:
     layout = bundle.view.layout
     shapes = {"observation": layout.size, "mask": layout.n_candidates}
@@ -460,12 +477,12 @@ def _add_inference_routes(
         """Whether the server answers inference requests."""
         return {"ready": True}
 
-    @app.get("/v2", dependencies=[guard], responses=_ERRORS)
+    @app.get("/v2", responses=_ERRORS)
     async def server_metadata() -> dict[str, Any]:
         """Server metadata of the inference protocol."""
         return {"name": "mecrl", "version": __version__, "extensions": []}
 
-    @app.get("/v2/models/{name}", dependencies=[guard], responses=_ERRORS)
+    @app.get("/v2/models/{name}", responses=_ERRORS)
     async def model_metadata(name: str) -> dict[str, Any]:
         """Model metadata of the inference protocol."""
         model_or_404(name)
@@ -483,7 +500,7 @@ def _add_inference_routes(
             ],
         }
 
-    @app.get("/v2/models/{name}/ready", dependencies=[guard], responses=_ERRORS)
+    @app.get("/v2/models/{name}/ready", responses=_ERRORS)
     async def model_ready(name: str) -> dict[str, Any]:
         """Whether the model answers."""
         model_or_404(name)
@@ -492,7 +509,6 @@ def _add_inference_routes(
     @app.post(
         "/v2/models/{name}/infer",
         response_model=InferResponse,
-        dependencies=[guard],
         responses={**_ERRORS, 400: {"description": "tensors the model cannot run on"}},
     )
     async def infer(name: str, request: InferRequest) -> Response:
