@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import socket
 import statistics
@@ -51,7 +52,14 @@ CONNECTIONS = 8
 
 
 def serving_figures(bundle_path: str | Path, quick: bool = False) -> Iterator[Figure]:
-    """Yield the serving figures of the bundle at ``bundle_path``."""
+    """Yield the serving figures of the bundle at ``bundle_path``.
+
+    The first figure is the machine's load average: on a shared machine the
+    latencies follow whatever else runs.
+    """
+    yield Figure(
+        "load average over the last minute, at the start", os.getloadavg()[0], ""
+    )
     bundle = load_bundle(bundle_path)
     decider = Decider(bundle)
     one = _backend(bundle.scenario, 1)
