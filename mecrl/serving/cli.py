@@ -24,7 +24,9 @@ def add_parsers(commands: Any) -> None:
     serve = commands.add_parser("serve", help="answer decisions over HTTP")
     serve.add_argument("bundle", type=Path, metavar="BUNDLE")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}"
+    )
     serve.add_argument(
         "--token-file",
         type=Path,
@@ -34,10 +36,16 @@ def add_parsers(commands: Any) -> None:
         "--no-auth", action="store_true", help="serve without a bearer token"
     )
     serve.add_argument(
-        "--max-batch", type=int, default=10_000, help="services per request"
+        "--max-batch",
+        type=int,
+        default=10_000,
+        help="most services (or tensor rows) per request (default 10,000)",
     )
     serve.add_argument(
-        "--max-body-mb", type=float, default=16.0, help="largest request body"
+        "--max-body-mb",
+        type=float,
+        default=16.0,
+        help="largest request body in MiB (default 16)",
     )
     serve.set_defaults(run=_serve)
 
@@ -47,7 +55,9 @@ def add_parsers(commands: Any) -> None:
     )
     orchestrate.add_argument("bundle", type=Path, metavar="BUNDLE")
     orchestrate.add_argument("--url", required=True, help="the server's base URL")
-    orchestrate.add_argument("--token-file", type=Path)
+    orchestrate.add_argument(
+        "--token-file", type=Path, help=f"bearer token (default: ${TOKEN_ENV})"
+    )
     orchestrate.add_argument("--seed", type=int, default=0, help="episode seed")
     orchestrate.add_argument("--services", type=int, default=20)
     orchestrate.add_argument(

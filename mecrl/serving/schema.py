@@ -24,6 +24,9 @@ cloud (if any) last. A service's class fixes every figure the policy's
 features use (SLO, state, image, migration mode), so a service must be an
 instance of one of the scenario's classes; its memory is the class's, plus
 the runtime's overhead, as in the simulator.
+
+The Open Inference Protocol's (v2) tensor request and answer, for the raw
+model, are here too (:class:`InferRequest`, :class:`InferResponse`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from mecrl.serving.decide import KINDS, Decisions, FleetState
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
+Dimension = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Parameters = dict[str, str | int | float | bool]
 SiteNumber = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Amount = Annotated[float, Field(ge=0.0)]
 Runtime = Literal["runc", "kata"]
@@ -124,6 +129,9 @@ class RequestError(ValueError):
         self.message = message
         super().__init__(f"{'.'.join(map(str, loc))}: {message}")
 
+
+_CLASS_CACHE_SIZE = 4096
+"""Most service descriptions whose class is remembered."""
 
 _CHECKED_FIGURES = ("state_mb", "memory_mb", "cpu_cores", "slo_ms")
 
@@ -227,6 +235,9 @@ class StateMapper:
         resolved = self._classes.get(key)
         if resolved is None:
             resolved = self._resolve(service)
+            if len(self._classes) >= _CLASS_CACHE_SIZE:
+                # requests choose the keys: keep the memory bounded
+                self._classes.clear()
             self._classes[key] = resolved
         if resolved.cls < 0:
             raise RequestError(("services", index, resolved.field), resolved.message)
@@ -385,3 +396,53 @@ def answer(
             for i, k, s, p in rows
         ],
     }
+
+
+class InferInput(BaseModel):
+    """A tensor of a v2 inference request."""
+
+    model_config = _STRICT
+
+    name: str
+    shape: Annotated[list[Dimension], Field(min_length=1, max_length=8)]
+    datatype: str
+    data: list[float] | list[bool]
+    parameters: Parameters | None = None
+
+
+class InferRequestedOutput(BaseModel):
+    """An output a v2 client asks for."""
+
+    model_config = _STRICT
+
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferRequest(BaseModel):
+    """A v2 inference request."""
+
+    model_config = _STRICT
+
+    id: str | None = None
+    parameters: Parameters | None = None
+    inputs: Annotated[list[InferInput], Field(min_length=1, max_length=8)]
+    outputs: list[InferRequestedOutput] | None = None
+
+
+class InferOutput(BaseModel):
+    """A tensor of a v2 inference answer."""
+
+    name: str
+    shape: list[int]
+    datatype: Literal["INT64"]
+    data: list[int]
+
+
+class InferResponse(BaseModel):
+    """A v2 inference answer."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[InferOutput]

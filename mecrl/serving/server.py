@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -43,7 +43,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from mecrl import __version__
@@ -53,6 +53,8 @@ from mecrl.serving.decide import KINDS, Decider
 from mecrl.serving.schema import (
     DecisionRequest,
     DecisionResponse,
+    InferRequest,
+    InferResponse,
     RequestError,
     StateMapper,
     answer,
@@ -242,61 +244,6 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-Dimension = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Parameters = dict[str, str | int | float | bool]
-
-
-class InferInput(BaseModel):
-    """A tensor of a v2 inference request."""
-
-    model_config = _STRICT
-
-    name: str
-    shape: Annotated[list[Dimension], Field(min_length=1, max_length=8)]
-    datatype: str
-    data: list[float] | list[bool]
-    parameters: Parameters | None = None
-
-
-class InferRequestedOutput(BaseModel):
-    """An output a v2 client asks for."""
-
-    model_config = _STRICT
-
-    name: str
-    parameters: Parameters | None = None
-
-
-class InferRequest(BaseModel):
-    """A v2 inference request."""
-
-    model_config = _STRICT
-
-    id: str | None = None
-    parameters: Parameters | None = None
-    inputs: Annotated[list[InferInput], Field(min_length=1, max_length=8)]
-    outputs: list[InferRequestedOutput] | None = None
-
-
-class InferOutput(BaseModel):
-    """A tensor of a v2 inference answer."""
-
-    name: str
-    shape: list[int]
-    datatype: Literal["INT64"]
-    data: list[int]
-
-
-class InferResponse(BaseModel):
-    """A v2 inference answer."""
-
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    outputs: list[InferOutput]
-
-
 class ProtocolError(ValueError):
     """A v2 request the model cannot run on; answered 400 with its message."""
 
@@ -319,7 +266,10 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
     @app.post(
         "/v1/decisions",
         response_model=DecisionResponse,
-        responses=_ERRORS,
+        responses={
+            **_ERRORS,
+            422: {"description": "a field is malformed or does not fit the scenario"},
+        },
         openapi_extra=_json_body(DecisionRequest),
     )
     async def decisions(request: Request) -> Response:
@@ -426,8 +376,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)  # registered for it only
-        errors = [_error_entry(error) for error in exc.errors()]
+        errors = [_error_entry(e) for e in cast(RequestValidationError, exc).errors()]
         if request.url.path.startswith("/v2"):
             text = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors
@@ -436,8 +385,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": errors}, status_code=422)
 
     async def unfit(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestError)  # registered for it only
-        entry = {"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}
+        error = cast(RequestError, exc)
+        entry = {
+            "loc": ["body", *error.loc],
+            "msg": error.message,
+            "type": "value_error",
+        }
         return JSONResponse({"detail": [entry]}, status_code=422)
 
     async def protocol(request: Request, exc: Exception) -> Response:
