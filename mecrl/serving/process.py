@@ -10,9 +10,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -52,6 +54,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -66,8 +69,10 @@ class ServerProcess:
             command.append("--no-auth")
         else:
             env[TOKEN_ENV] = self.token
+        # a file, not a pipe: a server that logs much must never block on it
+        self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command, env=env, stdout=subprocess.PIPE, stderr=self._stderr
         )
         try:
             self._wait_ready()
@@ -89,10 +94,9 @@ class ServerProcess:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                _, err = self.process.communicate()
                 raise RuntimeError(
                     f"mecrl serve exited with {self.process.returncode}: "
-                    f"{err.decode(errors='replace').strip()}"
+                    f"{self.stderr()}"
                 )
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).is_success:
@@ -102,13 +106,26 @@ class ServerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"mecrl serve was not ready in {self.ready_timeout_s} s")
 
+    def stderr(self) -> str:
+        """Return what the server wrote to its standard error so far."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace").strip()
+
     def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL after 10 s."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
