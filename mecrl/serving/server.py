@@ -154,6 +154,11 @@ class RequestMetricsMiddleware:
             self.metrics.requests.labels(label, str(status[0])).inc()
 
 
+def error_body(path: str, message: str) -> dict[str, str]:
+    """Return an error answer: ``error`` on the v2 routes, as the protocol has it."""
+    return {"error" if path.startswith("/v2") else "detail": message}
+
+
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/openapi.json"})
 """Paths answered without a token: probes and the schema."""
 
@@ -184,7 +189,7 @@ class BearerMiddleware:
             await self.app(scope, receive, send)
             return
         response = JSONResponse(
-            {"detail": "missing or wrong bearer token"},
+            error_body(scope["path"], "missing or wrong bearer token"),
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
@@ -237,10 +242,8 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {"detail": f"request body over the limit of {self.max_bytes} bytes"},
-            status_code=413,
-        )
+        message = f"request body over the limit of {self.max_bytes} bytes"
+        response = JSONResponse(error_body(scope["path"], message), status_code=413)
         await response(scope, receive, send)
 
 
@@ -396,9 +399,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def protocol(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        error = cast(HTTPException, exc)
+        return JSONResponse(
+            error_body(request.url.path, error.detail),
+            status_code=error.status_code,
+            headers=error.headers,
+        )
+
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(RequestError, unfit)
     app.add_exception_handler(ProtocolError, protocol)
+    # the inference protocol words every error as {"error": message}
+    app.add_exception_handler(HTTPException, http_error)
 
 
 def _error_entry(error: Any) -> dict[str, Any]:

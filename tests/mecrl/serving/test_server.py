@@ -407,7 +407,9 @@ def test_inference_protocol_metadata(client: httpx.Client, dqn: Bundle) -> None:
         {"name": "mask", "datatype": "BOOL", "shape": [-1, 8]},
     ]
     assert client.get(f"/v2/models/{dqn.name}/ready").json()["ready"] is True
-    assert client.get("/v2/models/other").status_code == 404
+    unknown = client.get("/v2/models/other")
+    assert unknown.status_code == 404
+    assert "unknown model 'other'" in unknown.json()["error"]
 
 
 def test_inference_protocol_infer_runs_the_raw_model(
@@ -491,6 +493,14 @@ def test_inference_type_errors_get_400_in_the_protocol_format(
 
     assert response.status_code == 400
     assert "inputs" in response.json()["error"]
+
+    nested = client.post(
+        f"/v2/models/{dqn.name}/infer",
+        content=b"[" * 100_000,
+        headers={"Content-Type": "application/json"},
+    )
+    assert nested.status_code == 400
+    assert "error parsing the body" in nested.json()["error"]
 
 
 def test_serve_refuses_to_start_without_a_token(bundles: dict[str, Path]) -> None:
