@@ -17,6 +17,8 @@ def test_serving_benchmark_reports_every_figure(bundles: dict[str, Path]) -> Non
         "load average over the last minute, at the start",
         "in process, one service: decision latency p50",
         "in process, one service: decision latency p99",
+        "in process, one service: decision CPU time p50",
+        "in process, one service: decision CPU time p99",
         "in process, batch of 10,000: decision time",
         "HTTP at 1,000 requests/s: latency p50",
         "HTTP at 1,000 requests/s: latency p99",
