@@ -11,8 +11,9 @@
 | :mod:`~mecrl.serving.bench` | latency and batch figures | no |
 
 A bundle is a folder: ``model.onnx`` (observation and action mask in, action
-out), ``scenario.yaml`` (the resolved scenario the policy was trained on)
-and ``manifest.json`` (layout, action meaning, hashes, versions).
+out), ``scenario.yaml`` (the resolved scenario the policy was trained on,
+with ``calibration.yaml`` or ``.toml`` if it names a calibration file) and
+``manifest.json`` (layout, action meaning, hashes, versions).
 """
 
 TOKEN_ENV = "MECRL_SERVE_TOKEN"

@@ -144,12 +144,24 @@ def _read_scenario(path: Path, manifest: dict[str, Any]) -> Scenario:
     if not file.is_file():
         raise BundleError(f"bundle {str(path)!r} has no scenario file {file.name}")
     # hashed as written: reading the file makes a calibration path absolute
-    digest = from_dict(ScenarioConfig, load_file(file)).digest()
+    written = from_dict(ScenarioConfig, load_file(file))
+    digest = written.digest()
     if digest != recorded["config_sha256"]:
         raise BundleError(
             f"bundle {str(path)!r}: {file.name} has config SHA-256 {digest}, the "
             f"manifest says {recorded['config_sha256']}; refusing to load it"
         )
+    if written.calibration is not None:
+        calibration = path / written.calibration
+        if not calibration.is_file():
+            raise BundleError(f"bundle {str(path)!r} has no {written.calibration}")
+        actual = file_sha256(calibration)
+        if actual != recorded.get("calibration_sha256"):
+            raise BundleError(
+                f"bundle {str(path)!r}: {written.calibration} has SHA-256 "
+                f"{actual}, the manifest says {recorded.get('calibration_sha256')}; "
+                "refusing to load it"
+            )
     return Scenario(ScenarioConfig.from_file(file))
 
 

@@ -159,6 +159,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         context.layout,
         action_space_for(scenario),
     )
+    if scenario_config.calibration is not None:
+        calibration = out / scenario_config.calibration
+        manifest["scenario"]["calibration_sha256"] = file_sha256(calibration)
     manifest["model"]["source"] = model_file.name
     manifest["model"]["sha256"] = file_sha256(out / MODEL_FILE)
     path = out / MANIFEST_FILE

@@ -1,14 +1,22 @@
 """Loading bundles: a bundle that differs from its manifest is refused."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
+from mecrl.runtimes import RUNTIME_NAMES
+from mecrl.scenario import load_config
 from mecrl.serving.bundle import BundleError, load_bundle
+from mecrl.serving.export import export_run
+
+TinyRun = Callable[[Path, Path, str], Path]
 
 
 @pytest.fixture
@@ -50,6 +58,35 @@ def test_an_unknown_format_is_refused(copy: Path) -> None:
 
     with pytest.raises(BundleError, match="format 'something-else/9'"):
         load_bundle(copy)
+
+
+def test_a_calibration_file_travels_with_the_bundle_and_is_checked(
+    tmp_path: Path, train_tiny: TinyRun
+) -> None:
+    (tmp_path / "lab.yaml").write_text(
+        "source: lab hosts\nruntimes:\n  kata: {start_s: 1.4}\n"
+    )
+    config = dataclasses.replace(
+        load_config("wang-1d"),
+        name="calibrated",
+        episode_slots=20,
+        calibration="lab.yaml",
+    )
+    scenario = tmp_path / "calibrated.yaml"
+    scenario.write_text(yaml.safe_dump(config.to_dict()))
+    run = train_tiny(tmp_path / "runs", scenario, "ppo")
+    export_run(run, tmp_path / "bundle")
+
+    bundle = load_bundle(tmp_path / "bundle")
+    assert (
+        bundle.scenario.runtimes.column("start_s")[RUNTIME_NAMES.index("kata")] == 1.4
+    )
+
+    (tmp_path / "bundle" / "calibration.yaml").write_text(
+        "source: lab hosts\nruntimes:\n  kata: {start_s: 9.9}\n"
+    )
+    with pytest.raises(BundleError, match=r"calibration\.yaml has SHA-256"):
+        load_bundle(tmp_path / "bundle")
 
 
 def test_a_folder_without_manifest_is_no_bundle(tmp_path: Path) -> None:
