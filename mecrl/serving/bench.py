@@ -40,6 +40,7 @@ from mecrl.serving.bundle import load_bundle
 from mecrl.serving.decide import Decider, FleetState
 from mecrl.serving.orchestrate import report
 from mecrl.serving.process import ServerProcess
+from mecrl.serving.server import freeze_heap
 
 RATE_PER_S = 1_000.0
 """Request rate of the HTTP figure."""
@@ -64,6 +65,7 @@ def serving_figures(bundle_path: str | Path, quick: bool = False) -> Iterator[Fi
     decider = Decider(bundle)
     one = _backend(bundle.scenario, 1)
     state = _state(one)
+    freeze_heap()  # as mecrl serve does
     repeats = 300 if quick else 5_000
     p50, p99 = _percentiles_us(_time_calls(lambda: decider.decide(state), repeats))
     yield Figure("in process, one service: decision latency p50", p50, "us")

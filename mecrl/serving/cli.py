@@ -105,7 +105,12 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mecrl.serving.bundle import load_bundle
-    from mecrl.serving.server import ServerSettings, create_app, log_startup
+    from mecrl.serving.server import (
+        ServerSettings,
+        create_app,
+        freeze_heap,
+        log_startup,
+    )
 
     token = read_token(args.token_file)
     if args.no_auth and token is not None:
@@ -122,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     bundle = load_bundle(args.bundle)
     app = create_app(bundle, settings)
+    freeze_heap()
     log_startup(args.host, args.port, settings)
     print(
         f"serving {bundle.name} ({bundle.algorithm}, scenario "
