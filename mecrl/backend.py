@@ -330,6 +330,9 @@ class SimBackend(Backend):
         assert occupancy is not None  # only called when coupled
         cls, tenant = self.cls[movers], self.tenant[movers]
         ok = occupancy.admits(cls, tenant, target)
+        if movers.size == 1:
+            # a lone mover competes with no one: the site's admission decides
+            return ok
 
         # capacity: cumulative demand of movers to the same site, in order
         order = np.lexsort((movers, target))
@@ -367,8 +370,9 @@ def _group_cumsum(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     ``groups`` must be sorted so that equal groups are contiguous.
     """
     total = np.cumsum(values, axis=0)
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    # concatenate, not np.r_: this runs every coupled step, and np.r_ is slow
+    starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
     before = np.concatenate([np.zeros_like(total[:1]), total[:-1]])[starts]
-    lengths = np.diff(np.r_[starts, len(groups)])
+    lengths = np.diff(np.append(starts, len(groups)))
     result: np.ndarray = total - np.repeat(before, lengths, axis=0)
     return result

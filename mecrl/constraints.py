@@ -167,7 +167,17 @@ class Occupancy:
     ) -> np.ndarray:
         """Return whether ``site`` admits services of ``cls`` and ``tenant``.
 
-        For services not yet counted at ``site``; arguments broadcast.
+        For services not yet counted at ``site``; arguments broadcast. The
+        entries of :meth:`admit_table` that are asked for, computed alone:
+        a few movers need not pay for the whole table.
         """
-        admitted: np.ndarray = self.admit_table()[site, cls, tenant]
+        classes, sites = self.constraints.classes, self.constraints.sites
+        admitted: np.ndarray = (
+            self.cpu_used[site] + classes.cpu_cores[cls] <= sites.cpu_cores[site]
+        ) & (self.memory_used[site] + classes.memory_mb[cls] <= sites.memory_mb[site])
+        categories = self.constraints.categories
+        if (categories % 2 == 1).any():  # only dedicated services can clash
+            foreign = self.totals[site] - self.counts[site, tenant]
+            clash = (foreign * CONFLICTS[categories[cls]]).sum(axis=-1) > 0
+            admitted &= ~clash
         return admitted
