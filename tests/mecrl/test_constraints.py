@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mecrl.backend import SimBackend, spawn_services
+from mecrl.constraints import Occupancy
 from mecrl.envs.fleet import FleetVectorEnv
 from mecrl.envs.single import MigrationEnv
 from mecrl.evaluate import episode_key
@@ -432,3 +433,25 @@ def test_move_onto_a_full_host_is_refused() -> None:
     uncoupled = SimBackend(Scenario(config), coupled=False)
     uncoupled.reset(episode_key(0), np.arange(2))
     np.testing.assert_array_equal(uncoupled.site, [0, 0])
+
+
+def test_admits_reads_the_admission_table() -> None:
+    # city-grid has dedicated services and fills up: both rules refuse some
+    scenario = load_scenario("city-grid")
+    rng = np.random.default_rng(1)
+    occupancy = Occupancy(scenario.constraints, n_tenants=4)
+    n_classes, n_sites = scenario.classes.n_classes, scenario.n_sites
+    occupancy.add(
+        rng.integers(0, n_classes, 400),
+        rng.integers(0, 4, 400),
+        rng.integers(0, n_sites, 400),
+    )
+    cls = rng.integers(0, n_classes, 1000)
+    tenant = rng.integers(0, 4, 1000)
+    site = rng.integers(0, n_sites, 1000)
+
+    admitted = occupancy.admits(cls, tenant, site)
+
+    np.testing.assert_array_equal(admitted, occupancy.admit_table()[site, cls, tenant])
+    assert admitted.any()
+    assert not admitted.all()
