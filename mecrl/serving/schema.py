@@ -291,7 +291,16 @@ class StateMapper:
         self, reports: list[SiteReport], cls: np.ndarray, current: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         s = self.scenario
-        ids = np.array([site.id for site in reports], dtype=np.int64)
+        n = len(reports)
+        ids = np.fromiter((x.id for x in reports), np.int64, n)
+        columns = {
+            "cpu_cores_used": np.fromiter(
+                (x.cpu_cores_used for x in reports), float, n
+            ),
+            "memory_mb_used": np.fromiter(
+                (x.memory_mb_used for x in reports), float, n
+            ),
+        }
         unknown = np.flatnonzero(ids >= s.n_sites)
         if unknown.size:
             j = int(unknown[0])
@@ -300,16 +309,17 @@ class StateMapper:
                 f"unknown site {ids[j]}; sites of scenario {s.config.name!r} are "
                 f"0 to {s.n_sites - 1}",
             )
-        _check_unique(("sites",), ids.tolist())
+        if np.unique(ids).size < ids.size:
+            _check_unique(("sites",), ids.tolist())
         for j, site in enumerate(reports):
             if site.runtimes is not None or site.zone is not None:
                 self._check_site(j, site)
         loads = []
-        for field, per_class in (
-            ("cpu_cores_used", s.classes.cpu_cores),
-            ("memory_mb_used", s.classes.memory_mb),
+        for field, per_class, capacity in (
+            ("cpu_cores_used", s.classes.cpu_cores, s.sites.cpu_cores),
+            ("memory_mb_used", s.classes.memory_mb, s.sites.memory_mb),
         ):
-            reported = np.array([getattr(site, field) for site in reports], float)
+            reported = columns[field]
             needed = np.bincount(current, per_class[cls], minlength=s.n_sites)[ids]
             # sums of the same figures in another order differ in the last bits
             short = np.flatnonzero(reported < needed * (1.0 - 1e-9) - 1e-9)
@@ -320,7 +330,7 @@ class StateMapper:
                     f"{reported[j]} is less than the {needed[j]} that the "
                     f"request's services at site {ids[j]} use",
                 )
-            load = unreported_load(s.sites.cpu_cores)
+            load = unreported_load(capacity)
             load[ids] = reported
             loads.append(load)
         return loads[0], loads[1]
