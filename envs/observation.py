@@ -228,10 +228,7 @@ class CandidateView:
         assert occupancy is not None  # only called for coupled backends
         s = self.scenario
         cls, tenant = backend.cls[:, None], backend.tenant[:, None]
-        table_size = s.n_sites * s.classes.n_classes * occupancy.n_tenants
-        if 4 * sites.size < table_size:
-            # a few services: their own entries cost less than the whole table
-            # (an entry alone costs about four table entries, on city-grid)
+        if occupancy.prefers_entries(sites.size):
             allowed = occupancy.admits(cls, tenant, sites)
         else:
             flat = occupancy.admit_table().reshape(-1)

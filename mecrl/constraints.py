@@ -162,15 +162,28 @@ class Occupancy:
             table &= ~clash[:, :, categories].transpose(0, 2, 1)
         return table
 
+    def prefers_entries(self, n_entries: int) -> bool:
+        """Whether ``n_entries`` admissions cost less alone than the whole table.
+
+        Computed alone, an entry costs about four entries of the table (on
+        city-grid), so a few services need not pay for every site, class
+        and tenant.
+        """
+        table_size = self.constraints.sites.n_sites * self.constraints.classes.n_classes
+        return 4 * n_entries < table_size * self.n_tenants
+
     def admits(
         self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray
     ) -> np.ndarray:
         """Return whether ``site`` admits services of ``cls`` and ``tenant``.
 
         For services not yet counted at ``site``; arguments broadcast. The
-        entries of :meth:`admit_table` that are asked for, computed alone:
-        a few movers need not pay for the whole table.
+        entries of :meth:`admit_table`; a few are computed alone (see
+        :meth:`prefers_entries`).
         """
+        if not self.prefers_entries(np.broadcast(cls, tenant, site).size):
+            table: np.ndarray = self.admit_table()[site, cls, tenant]
+            return table
         classes, sites = self.constraints.classes, self.constraints.sites
         admitted: np.ndarray = (
             self.cpu_used[site] + classes.cpu_cores[cls] <= sites.cpu_cores[site]

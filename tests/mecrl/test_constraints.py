@@ -435,8 +435,10 @@ def test_move_onto_a_full_host_is_refused() -> None:
     np.testing.assert_array_equal(uncoupled.site, [0, 0])
 
 
-def test_admits_reads_the_admission_table() -> None:
-    # city-grid has dedicated services and fills up: both rules refuse some
+@pytest.mark.parametrize("n", [1, 20, 150, 1000])
+def test_admits_reads_the_admission_table(n: int) -> None:
+    # city-grid has dedicated services and fills up: both rules refuse some;
+    # small batches compute their entries alone, large ones read the table
     scenario = load_scenario("city-grid")
     rng = np.random.default_rng(1)
     occupancy = Occupancy(scenario.constraints, n_tenants=4)
@@ -446,12 +448,14 @@ def test_admits_reads_the_admission_table() -> None:
         rng.integers(0, 4, 400),
         rng.integers(0, n_sites, 400),
     )
-    cls = rng.integers(0, n_classes, 1000)
-    tenant = rng.integers(0, 4, 1000)
-    site = rng.integers(0, n_sites, 1000)
+    admitted, expected = [], []
+    for _ in range(max(1, 2000 // n)):
+        cls = rng.integers(0, n_classes, (n, 1))
+        tenant = rng.integers(0, 4, (n, 1))
+        site = rng.integers(0, n_sites, (n, 2))
+        admitted.append(occupancy.admits(cls, tenant, site))
+        expected.append(occupancy.admit_table()[site, cls, tenant])
 
-    admitted = occupancy.admits(cls, tenant, site)
-
-    np.testing.assert_array_equal(admitted, occupancy.admit_table()[site, cls, tenant])
-    assert admitted.any()
-    assert not admitted.all()
+    np.testing.assert_array_equal(np.concatenate(admitted), np.concatenate(expected))
+    assert np.concatenate(admitted).any()
+    assert not np.concatenate(admitted).all()
