@@ -48,6 +48,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from mecrl import __version__
+from mecrl.config import check, check_integer
 from mecrl.envs.observation import FEATURES
 from mecrl.serving.bundle import Bundle
 from mecrl.serving.decide import KINDS, Decider
@@ -91,11 +92,9 @@ class ServerSettings:
     """Most distinct tenants in one decision request (memory is per tenant)."""
 
     def __post_init__(self) -> None:
-        if self.token is not None and not self.token:
-            raise ValueError("the bearer token must not be empty")
+        check(self.token is None or bool(self.token), "token", "must not be empty")
         for name in ("max_batch", "max_body_bytes", "max_tenants"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_integer(name, getattr(self, name), minimum=1)
 
 
 class Metrics:
