@@ -48,6 +48,8 @@ def _conflict_matrix() -> np.ndarray:
 
 
 CONFLICTS = _conflict_matrix()
+_CONFLICTS_COUNT = CONFLICTS.T.astype(np.int64)
+"""The transposed conflict matrix in integers, for counting clashing workloads."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class Constraints:
     def categories(self) -> np.ndarray:
         """(C,) co-residency category of each class."""
         return category(self.classes)
+
+    @cached_property
+    def any_dedicated(self) -> bool:
+        """Whether some class is ``dedicated``: only those clash with others."""
+        return bool((self.categories % 2 == 1).any())
 
     @cached_property
     def static(self) -> np.ndarray:
@@ -156,9 +163,9 @@ class Occupancy:
         )
         table = np.repeat(room[:, :, None], self.n_tenants, axis=2)
         categories = self.constraints.categories
-        if (categories % 2 == 1).any():  # only dedicated services can clash
+        if self.constraints.any_dedicated:  # only dedicated services can clash
             foreign = self.totals[:, None, :] - self.counts
-            clash = (foreign @ CONFLICTS.T.astype(np.int64)) > 0
+            clash = (foreign @ _CONFLICTS_COUNT) > 0
             table &= ~clash[:, :, categories].transpose(0, 2, 1)
         return table
 
@@ -189,7 +196,7 @@ class Occupancy:
             self.cpu_used[site] + classes.cpu_cores[cls] <= sites.cpu_cores[site]
         ) & (self.memory_used[site] + classes.memory_mb[cls] <= sites.memory_mb[site])
         categories = self.constraints.categories
-        if (categories % 2 == 1).any():  # only dedicated services can clash
+        if self.constraints.any_dedicated:  # only dedicated services can clash
             foreign = self.totals[site] - self.counts[site, tenant]
             clash = (foreign * CONFLICTS[categories[cls]]).sum(axis=-1) > 0
             admitted &= ~clash
