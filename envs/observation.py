@@ -297,11 +297,13 @@ class CandidateView:
         occupancy = backend.occupancy
         assert occupancy is not None  # only called for coupled backends
         s = self.scenario
-        flat = occupancy.admit_table().reshape(-1)
-        index = (
-            sites * s.classes.n_classes + backend.cls[:, None]
-        ) * occupancy.n_tenants
-        allowed = flat[index + backend.tenant[:, None]]
+        cls, tenant = backend.cls[:, None], backend.tenant[:, None]
+        if occupancy.prefers_entries(sites.size):
+            allowed = occupancy.admits(cls, tenant, sites)
+        else:
+            flat = occupancy.admit_table().reshape(-1)
+            index = (sites * s.classes.n_classes + cls) * occupancy.n_tenants
+            allowed = flat[index + tenant]
         allowed |= sites == backend.site[:, None]  # staying needs no new room
         admitted = mask & allowed
 

@@ -159,6 +159,17 @@ class AccessHistory:
         """(N, H) access sites of the last H slots, in ring order."""
         self._next = 0
 
+    @classmethod
+    def from_window(cls, window: np.ndarray) -> AccessHistory:
+        """Return the history holding ``window``: (N, H) sites, oldest first."""
+        history = cls(window[:, -1], window.shape[1])
+        history.sites[:] = window
+        return history
+
+    def window(self) -> np.ndarray:
+        """Return the (N, H) access sites of the last H slots, oldest first."""
+        return np.roll(self.sites, -self._next, axis=1)
+
     def record(self, access: np.ndarray) -> None:
         """Remember ``access`` as the newest slot's, forgetting the oldest."""
         self.sites[:, self._next] = access
@@ -346,6 +357,17 @@ class SimBackend(Backend):
         values = table.take((self.cls * n + previous) * n + site, axis=1)
         return dict(zip(MOVE_TERMS, values, strict=True))
 
+    def admit(self, target: np.ndarray) -> np.ndarray:
+        """Move services to ``target`` where admissible; return where they run.
+
+        What :meth:`step` does before it costs the slot: a target that breaks
+        a hard constraint, or no longer fits once earlier services of the
+        batch have moved, is refused and the service stays. Users do not
+        move and the slot does not advance.
+        """
+        self.site = self._apply(np.asarray(target, dtype=np.int64))
+        return self.site
+
     def _apply(self, target: np.ndarray) -> np.ndarray:
         """Return the new placement: ``target`` where admissible, else stay."""
         s = self.scenario
@@ -376,6 +398,9 @@ class SimBackend(Backend):
         assert occupancy is not None  # only called when coupled
         cls, tenant = self.cls[movers], self.tenant[movers]
         ok = occupancy.admits(cls, tenant, target)
+        if movers.size == 1:
+            # a lone mover competes with no one: the site's admission decides
+            return ok
 
         # capacity: cumulative demand of movers to the same site, in order
         order = np.lexsort((movers, target))
@@ -413,8 +438,9 @@ def _group_cumsum(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     ``groups`` must be sorted so that equal groups are contiguous.
     """
     total = np.cumsum(values, axis=0)
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    # concatenate, not np.r_: this runs every coupled step, and np.r_ is slow
+    starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
     before = np.concatenate([np.zeros_like(total[:1]), total[:-1]])[starts]
-    lengths = np.diff(np.r_[starts, len(groups)])
+    lengths = np.diff(np.append(starts, len(groups)))
     result: np.ndarray = total - np.repeat(before, lengths, axis=0)
     return result

@@ -21,6 +21,7 @@ from mecrl.config import ConfigError
 from mecrl.costs import TERM_NAMES, TERM_UNITS
 from mecrl.hosts import cli as hosts_cli
 from mecrl.scenario import SCENARIOS, Scenario, load_config
+from mecrl.serving.cli import add_parsers as add_serving_parsers
 from mecrl.testbed import cli as testbed_cli
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tune_parser(commands)
     hosts_cli.add_parsers(commands)
     testbed_cli.add_parsers(commands)
+    add_serving_parsers(commands)
 
     bench = commands.add_parser("bench", help="measure environment throughput")
     bench.add_argument("--quick", action="store_true", help="small sizes, fast")

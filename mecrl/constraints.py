@@ -48,6 +48,8 @@ def _conflict_matrix() -> np.ndarray:
 
 
 CONFLICTS = _conflict_matrix()
+_CONFLICTS_COUNT = CONFLICTS.T.astype(np.int64)
+"""The transposed conflict matrix in integers, for counting clashing workloads."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class Constraints:
     def categories(self) -> np.ndarray:
         """(C,) co-residency category of each class."""
         return category(self.classes)
+
+    @cached_property
+    def any_dedicated(self) -> bool:
+        """Whether some class is ``dedicated``: only those clash with others."""
+        return bool((self.categories % 2 == 1).any())
 
     @cached_property
     def static(self) -> np.ndarray:
@@ -156,18 +163,41 @@ class Occupancy:
         )
         table = np.repeat(room[:, :, None], self.n_tenants, axis=2)
         categories = self.constraints.categories
-        if (categories % 2 == 1).any():  # only dedicated services can clash
+        if self.constraints.any_dedicated:  # only dedicated services can clash
             foreign = self.totals[:, None, :] - self.counts
-            clash = (foreign @ CONFLICTS.T.astype(np.int64)) > 0
+            clash = (foreign @ _CONFLICTS_COUNT) > 0
             table &= ~clash[:, :, categories].transpose(0, 2, 1)
         return table
+
+    def prefers_entries(self, n_entries: int) -> bool:
+        """Whether ``n_entries`` admissions cost less alone than the whole table.
+
+        Computed alone, an entry costs about four entries of the table (on
+        city-grid), so a few services need not pay for every site, class
+        and tenant.
+        """
+        table_size = self.constraints.sites.n_sites * self.constraints.classes.n_classes
+        return 4 * n_entries < table_size * self.n_tenants
 
     def admits(
         self, cls: np.ndarray, tenant: np.ndarray, site: np.ndarray
     ) -> np.ndarray:
         """Return whether ``site`` admits services of ``cls`` and ``tenant``.
 
-        For services not yet counted at ``site``; arguments broadcast.
+        For services not yet counted at ``site``; arguments broadcast. The
+        entries of :meth:`admit_table`; a few are computed alone (see
+        :meth:`prefers_entries`).
         """
-        admitted: np.ndarray = self.admit_table()[site, cls, tenant]
+        if not self.prefers_entries(np.broadcast(cls, tenant, site).size):
+            table: np.ndarray = self.admit_table()[site, cls, tenant]
+            return table
+        classes, sites = self.constraints.classes, self.constraints.sites
+        admitted: np.ndarray = (
+            self.cpu_used[site] + classes.cpu_cores[cls] <= sites.cpu_cores[site]
+        ) & (self.memory_used[site] + classes.memory_mb[cls] <= sites.memory_mb[site])
+        categories = self.constraints.categories
+        if self.constraints.any_dedicated:  # only dedicated services can clash
+            foreign = self.totals[site] - self.counts[site, tenant]
+            clash = (foreign * CONFLICTS[categories[cls]]).sum(axis=-1) > 0
+            admitted &= ~clash
         return admitted

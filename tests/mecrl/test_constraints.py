@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mecrl.backend import SimBackend, spawn_services
+from mecrl.constraints import Occupancy
 from mecrl.envs.fleet import FleetVectorEnv
 from mecrl.envs.single import MigrationEnv
 from mecrl.evaluate import episode_key
@@ -432,3 +433,29 @@ def test_move_onto_a_full_host_is_refused() -> None:
     uncoupled = SimBackend(Scenario(config), coupled=False)
     uncoupled.reset(episode_key(0), np.arange(2))
     np.testing.assert_array_equal(uncoupled.site, [0, 0])
+
+
+@pytest.mark.parametrize("n", [1, 20, 150, 1000])
+def test_admits_reads_the_admission_table(n: int) -> None:
+    # city-grid has dedicated services and fills up: both rules refuse some;
+    # small batches compute their entries alone, large ones read the table
+    scenario = load_scenario("city-grid")
+    rng = np.random.default_rng(1)
+    occupancy = Occupancy(scenario.constraints, n_tenants=4)
+    n_classes, n_sites = scenario.classes.n_classes, scenario.n_sites
+    occupancy.add(
+        rng.integers(0, n_classes, 400),
+        rng.integers(0, 4, 400),
+        rng.integers(0, n_sites, 400),
+    )
+    admitted, expected = [], []
+    for _ in range(max(1, 2000 // n)):
+        cls = rng.integers(0, n_classes, (n, 1))
+        tenant = rng.integers(0, 4, (n, 1))
+        site = rng.integers(0, n_sites, (n, 2))
+        admitted.append(occupancy.admits(cls, tenant, site))
+        expected.append(occupancy.admit_table()[site, cls, tenant])
+
+    np.testing.assert_array_equal(np.concatenate(admitted), np.concatenate(expected))
+    assert np.concatenate(admitted).any()
+    assert not np.concatenate(admitted).all()

@@ -1,0 +1,503 @@
+"""The decision request and answer, and their mapping onto the scenario's model.
+
+A request reports services and sites in domain terms; :class:`StateMapper`
+turns it into a :class:`mecrl.serving.decide.FleetState` of scenario
+indices, or raises :class:`RequestError` naming the offending field.
+
+| request field | meaning |
+|---|---|
+| ``slot`` | slot of the episode the policy was trained on (progress feature) |
+| ``services[].id`` | the orchestrator's name of the service, unique |
+| ``services[].current_site``, ``access_site`` | site numbers of the scenario |
+| ``services[].runtime``, ``isolation``, ``tenant`` | as in the scenario |
+| ``services[].service_class`` | a class of the scenario, or omitted: then the |
+| | one class that the other fields match |
+| ``services[].state_mb``, ``memory_mb``, ``cpu_cores``, ``slo_ms`` | optional; |
+| | when given, must be the class's |
+| ``services[].recent_access_sites`` | the user's access sites of the H - 1 |
+| | slots before this one, oldest first; required exactly when the |
+| | scenario keeps ``history_slots`` H, refused otherwise |
+| ``sites[].id`` | site number |
+| ``sites[].cpu_cores_used``, ``memory_mb_used`` | load, services of the request |
+| | included; a site left out is taken as full (the cloud never fills) |
+| ``sites[].runtimes``, ``zone`` | optional; when given, must be the scenario's |
+
+Sites are numbered as the scenario numbers them: edge sites first, the
+cloud (if any) last. A service's class fixes every figure the policy's
+features use (SLO, state, image, migration mode), so a service must be an
+instance of one of the scenario's classes; its memory is the class's, plus
+the runtime's overhead, as in the simulator.
+
+The Open Inference Protocol's (v2) tensor request and answer, for the raw
+model, are here too (:class:`InferRequest`, :class:`InferResponse`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mecrl.runtimes import RUNTIME_NAMES
+from mecrl.scenario import Scenario
+from mecrl.services import ServiceClassConfig
+from mecrl.serving.decide import KINDS, Decisions, FleetState
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Dimension = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Parameters = dict[str, str | int | float | bool]
+SiteNumber = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Amount = Annotated[float, Field(ge=0.0)]
+Runtime = Literal["runc", "kata"]
+Isolation = Literal["shared", "sandboxed", "dedicated"]
+
+
+class ServiceReport(BaseModel):
+    """One service as the orchestrator sees it."""
+
+    model_config = _STRICT
+
+    id: Name
+    current_site: SiteNumber
+    access_site: SiteNumber
+    runtime: Runtime
+    isolation: Isolation
+    tenant: Name
+    service_class: Name | None = None
+    state_mb: Amount | None = None
+    memory_mb: Amount | None = None
+    cpu_cores: Amount | None = None
+    slo_ms: Annotated[float, Field(gt=0.0)] | None = None
+    recent_access_sites: Annotated[list[SiteNumber], Field(max_length=1024)] | None = (
+        None
+    )
+
+
+class SiteReport(BaseModel):
+    """One site's load, and optionally what it offers."""
+
+    model_config = _STRICT
+
+    id: SiteNumber
+    cpu_cores_used: Amount
+    memory_mb_used: Amount
+    runtimes: Annotated[list[Runtime], Field(max_length=len(RUNTIME_NAMES))] | None = (
+        None
+    )
+    zone: Name | None = None
+
+
+class DecisionRequest(BaseModel):
+    """Services and sites of one slot."""
+
+    model_config = _STRICT
+
+    slot: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    services: Annotated[list[ServiceReport], Field(min_length=1)]
+    sites: list[SiteReport] = Field(default_factory=list)
+
+
+class Decision(BaseModel):
+    """What one service should do this slot."""
+
+    id: str
+    decision: Literal["stay", "move", "refused"]
+    site: int
+    """Where the service runs this slot (its current site unless it moves)."""
+    proposed_site: int
+    """The site the model proposed; differs from ``site`` when refused."""
+
+
+class DecisionResponse(BaseModel):
+    """The decisions of one request, in the order of its services."""
+
+    model: str
+    scenario: str
+    decisions: list[Decision]
+
+
+class RequestError(ValueError):
+    """A request that does not fit the scenario.
+
+    Args:
+        loc: Path of the offending field (``("services", 3, "current_site")``).
+        message: What is wrong with it.
+    """
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.loc = loc
+        self.message = message
+        super().__init__(f"{'.'.join(map(str, loc))}: {message}")
+
+
+_CLASS_CACHE_SIZE = 4096
+"""Most service descriptions whose class is remembered."""
+
+_CHECKED_FIGURES = ("state_mb", "memory_mb", "cpu_cores", "slo_ms")
+
+_ClassKey = tuple[
+    str | None, str, str, float | None, float | None, float | None, float | None
+]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    cls: int
+    field: str
+    message: str
+
+
+class StateMapper:
+    """Maps requests onto one scenario's indices.
+
+    Args:
+        scenario: The scenario the policy was trained on.
+        max_batch: Most services one request may hold.
+        max_tenants: Most distinct tenants one request may name.
+    """
+
+    def __init__(self, scenario: Scenario, max_batch: int, max_tenants: int) -> None:
+        self.scenario = scenario
+        self.max_batch = max_batch
+        self.max_tenants = max_tenants
+        self._classes: dict[_ClassKey, _Resolved] = {}
+        sites = scenario.sites
+        self._site_runtimes = [
+            sorted(RUNTIME_NAMES[r] for r in np.flatnonzero(sites.runtimes[i]))
+            for i in range(scenario.n_sites)
+        ]
+
+    def state(self, request: DecisionRequest) -> FleetState:
+        """Return the request as scenario indices.
+
+        Raises:
+            RequestError: If a site is unknown, a service matches no class, a
+                service runs where its class may not, ids repeat, a reported
+                load is below what the request's services there use, or the
+                batch is over the limit.
+        """
+        s = self.scenario
+        services = request.services
+        if len(services) > self.max_batch:
+            raise RequestError(
+                ("services",),
+                f"{len(services)} services exceed this server's limit of "
+                f"{self.max_batch} per request",
+            )
+        if request.slot >= s.config.episode_slots:
+            raise RequestError(
+                ("slot",),
+                f"must lie in [0, {s.config.episode_slots}): the episode length "
+                "the policy was trained on",
+            )
+        _check_unique(("services",), [service.id for service in services])
+        current = np.array([x.current_site for x in services], dtype=np.int64)
+        access = np.array([x.access_site for x in services], dtype=np.int64)
+        self._check_range("current_site", current, s.n_sites, "sites")
+        self._check_range("access_site", access, s.n_access, "access (edge) sites")
+        cls = np.array([self._class_of(i, x) for i, x in enumerate(services)])
+        tenant, n_tenants = self._tenants([x.tenant for x in services])
+        runs = s.constraints.static[cls, current]
+        if not runs.all():
+            i = int(np.flatnonzero(~runs)[0])
+            raise RequestError(
+                ("services", i, "current_site"),
+                f"class {s.classes.names[cls[i]]!r} may not run at site "
+                f"{current[i]} (runtime, zone, size or dedicated-host rules)",
+            )
+        cpu_used, memory_used = self._loads(request.sites, cls, current)
+        return FleetState(
+            cls,
+            tenant,
+            current,
+            access,
+            request.slot,
+            cpu_used,
+            memory_used,
+            n_tenants,
+            self._history(services, access),
+        )
+
+    def _history(
+        self, services: Sequence[ServiceReport], access: np.ndarray
+    ) -> np.ndarray | None:
+        """Return each user's access sites of the last H slots, oldest first."""
+        s = self.scenario
+        slots = s.config.history_slots
+        for i, service in enumerate(services):
+            given = service.recent_access_sites
+            if slots == 0 and given is not None:
+                raise RequestError(
+                    ("services", i, "recent_access_sites"),
+                    f"scenario {s.config.name!r} keeps no history; leave it out",
+                )
+            if slots > 0 and (given is None or len(given) != slots - 1):
+                raise RequestError(
+                    ("services", i, "recent_access_sites"),
+                    f"scenario {s.config.name!r} keeps history_slots = {slots}: "
+                    f"list the access sites of the {slots - 1} slots before this "
+                    "one, oldest first",
+                )
+        if slots == 0:
+            return None
+        past = np.array(
+            [service.recent_access_sites for service in services], dtype=np.int64
+        ).reshape(len(services), slots - 1)
+        for k in range(slots - 1):
+            self._check_range(
+                "recent_access_sites", past[:, k], s.n_access, "access (edge) sites"
+            )
+        return np.concatenate([past, access[:, None]], axis=1)
+
+    def _check_range(
+        self, field: str, values: np.ndarray, limit: int, what: str
+    ) -> None:
+        bad = np.flatnonzero(values >= limit)
+        if bad.size:
+            i = int(bad[0])
+            raise RequestError(
+                ("services", i, field),
+                f"unknown site {values[i]}; {what} of scenario "
+                f"{self.scenario.config.name!r} are 0 to {limit - 1}",
+            )
+
+    def _class_of(self, index: int, service: ServiceReport) -> int:
+        key: _ClassKey = (
+            service.service_class,
+            service.runtime,
+            service.isolation,
+            service.state_mb,
+            service.memory_mb,
+            service.cpu_cores,
+            service.slo_ms,
+        )
+        resolved = self._classes.get(key)
+        if resolved is None:
+            resolved = self._resolve(service)
+            if len(self._classes) >= _CLASS_CACHE_SIZE:
+                # requests choose the keys: keep the memory bounded
+                self._classes.clear()
+            self._classes[key] = resolved
+        if resolved.cls < 0:
+            raise RequestError(("services", index, resolved.field), resolved.message)
+        return resolved.cls
+
+    def _resolve(self, service: ServiceReport) -> _Resolved:
+        configs = self.scenario.config.services
+        names = [c.name for c in configs]
+        if service.service_class is not None:
+            if service.service_class not in names:
+                return _Resolved(
+                    -1,
+                    "service_class",
+                    f"unknown class {service.service_class!r}; classes of scenario "
+                    f"{self.scenario.config.name!r} are {', '.join(names)}",
+                )
+            c = names.index(service.service_class)
+            mismatch = _mismatch(service, configs[c])
+            if mismatch is not None:
+                return _Resolved(-1, *mismatch)
+            return _Resolved(c, "", "")
+        matching = [
+            c for c, config in enumerate(configs) if not _mismatch(service, config)
+        ]
+        if len(matching) == 1:
+            return _Resolved(matching[0], "", "")
+        found = (
+            "no class"
+            if not matching
+            else "classes " + ", ".join(names[c] for c in matching)
+        )
+        return _Resolved(
+            -1,
+            "service_class",
+            f"the service matches {found} of scenario "
+            f"{self.scenario.config.name!r}; name one of {', '.join(names)}",
+        )
+
+    def _tenants(self, names: list[str]) -> tuple[np.ndarray, int]:
+        known = {name: i for i, name in enumerate(self.scenario.classes.tenant_names)}
+        index = np.array([known.setdefault(name, len(known)) for name in names])
+        if len(known) > self.max_tenants:
+            raise RequestError(
+                ("services",),
+                f"{len(known)} distinct tenants exceed this server's limit of "
+                f"{self.max_tenants} per request",
+            )
+        return index.astype(np.int64), len(known)
+
+    def _loads(
+        self, reports: list[SiteReport], cls: np.ndarray, current: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        s = self.scenario
+        n = len(reports)
+        ids = np.fromiter((x.id for x in reports), np.int64, n)
+        columns = {
+            "cpu_cores_used": np.fromiter(
+                (x.cpu_cores_used for x in reports), float, n
+            ),
+            "memory_mb_used": np.fromiter(
+                (x.memory_mb_used for x in reports), float, n
+            ),
+        }
+        unknown = np.flatnonzero(ids >= s.n_sites)
+        if unknown.size:
+            j = int(unknown[0])
+            raise RequestError(
+                ("sites", j, "id"),
+                f"unknown site {ids[j]}; sites of scenario {s.config.name!r} are "
+                f"0 to {s.n_sites - 1}",
+            )
+        if np.unique(ids).size < ids.size:
+            _check_unique(("sites",), ids.tolist())
+        for j, site in enumerate(reports):
+            if site.runtimes is not None or site.zone is not None:
+                self._check_site(j, site)
+        loads = []
+        for field, per_class, capacity in (
+            ("cpu_cores_used", s.classes.cpu_cores, s.sites.cpu_cores),
+            ("memory_mb_used", s.classes.memory_mb, s.sites.memory_mb),
+        ):
+            reported = columns[field]
+            needed = np.bincount(current, per_class[cls], minlength=s.n_sites)[ids]
+            # sums of the same figures in another order differ in the last bits
+            short = np.flatnonzero(reported < needed * (1.0 - 1e-9) - 1e-9)
+            if short.size:
+                j = int(short[0])
+                raise RequestError(
+                    ("sites", j, field),
+                    f"{reported[j]} is less than the {needed[j]} that the "
+                    f"request's services at site {ids[j]} use",
+                )
+            load = unreported_load(capacity)
+            load[ids] = reported
+            loads.append(load)
+        return loads[0], loads[1]
+
+    def _check_site(self, j: int, site: SiteReport) -> None:
+        s = self.scenario
+        offered = self._site_runtimes[site.id]
+        if site.runtimes is not None and sorted(set(site.runtimes)) != offered:
+            raise RequestError(
+                ("sites", j, "runtimes"),
+                f"site {site.id} offers {offered} in the scenario the policy was "
+                f"trained on, not {sorted(set(site.runtimes))}",
+            )
+        zone = s.sites.zone_names[s.sites.zone[site.id]]
+        if site.zone is not None and site.zone != zone:
+            raise RequestError(
+                ("sites", j, "zone"),
+                f"site {site.id} lies in zone {zone!r} in the scenario, not "
+                f"{site.zone!r}",
+            )
+
+
+def unreported_load(capacity: np.ndarray) -> np.ndarray:
+    """Return the load taken for sites a request leaves out: full.
+
+    The cloud never fills, so it gets no load at all.
+    """
+    return np.where(np.isfinite(capacity), np.inf, 0.0)
+
+
+def _mismatch(
+    service: ServiceReport, config: ServiceClassConfig
+) -> tuple[str, str] | None:
+    """Return the first field where ``service`` differs from class ``config``."""
+    for field in ("runtime", "isolation"):
+        given, expected = getattr(service, field), getattr(config, field)
+        if given != expected:
+            return field, f"{given!r} is not class {config.name!r}'s {expected!r}"
+    for field in _CHECKED_FIGURES:
+        given, expected = getattr(service, field), getattr(config, field)
+        if given is not None and not math.isclose(given, expected, rel_tol=1e-9):
+            return field, f"{given} is not class {config.name!r}'s {expected}"
+    return None
+
+
+def _check_unique(loc: tuple[str | int, ...], ids: Sequence[str | int]) -> None:
+    seen: dict[str | int, int] = {}
+    for i, key in enumerate(ids):
+        if key in seen:
+            raise RequestError(
+                (*loc, i, "id"), f"id {key!r} repeats (also entry {seen[key]})"
+            )
+        seen[key] = i
+
+
+def answer(
+    request: DecisionRequest, decisions: Decisions, model: str, scenario: str
+) -> dict[str, object]:
+    """Return the JSON-ready answer of :class:`DecisionResponse`'s shape."""
+    kinds = np.array(KINDS)[decisions.kind].tolist()
+    rows = zip(
+        (service.id for service in request.services),
+        kinds,
+        decisions.site.tolist(),
+        decisions.proposed_site.tolist(),
+        strict=True,
+    )
+    return {
+        "model": model,
+        "scenario": scenario,
+        "decisions": [
+            {"id": i, "decision": k, "site": s, "proposed_site": p}
+            for i, k, s, p in rows
+        ],
+    }
+
+
+class InferInput(BaseModel):
+    """A tensor of a v2 inference request."""
+
+    model_config = _STRICT
+
+    name: str
+    shape: Annotated[list[Dimension], Field(min_length=1, max_length=8)]
+    datatype: str
+    data: list[float] | list[bool]
+    parameters: Parameters | None = None
+
+
+class InferRequestedOutput(BaseModel):
+    """An output a v2 client asks for."""
+
+    model_config = _STRICT
+
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferRequest(BaseModel):
+    """A v2 inference request."""
+
+    model_config = _STRICT
+
+    id: str | None = None
+    parameters: Parameters | None = None
+    inputs: Annotated[list[InferInput], Field(min_length=1, max_length=8)]
+    outputs: list[InferRequestedOutput] | None = None
+
+
+class InferOutput(BaseModel):
+    """A tensor of a v2 inference answer."""
+
+    name: str
+    shape: list[int]
+    datatype: Literal["INT64"]
+    data: list[int]
+
+
+class InferResponse(BaseModel):
+    """A v2 inference answer."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[InferOutput]
