@@ -81,6 +81,23 @@ def report(backend: SimBackend, ids: list[str]) -> dict[str, Any]:
     return {"slot": backend.slot, "services": services, "sites": sites}
 
 
+def as_columns(request: dict[str, Any]) -> dict[str, Any]:
+    """Return a decision request of :func:`report`'s form as columns.
+
+    That is the body ``POST /v1/decisions/columns`` takes: one list per
+    field, for large batches.
+    """
+    services, sites = request["services"], request["sites"]
+    return {
+        "slot": request["slot"],
+        "services": {key: [x[key] for x in services] for key in services[0]},
+        "sites": {
+            key: [x[key] for x in sites]
+            for key in ("id", "cpu_cores_used", "memory_mb_used")
+        },
+    }
+
+
 def run_over_http(
     client: httpx.Client, scenario: Scenario, seed: int, n_services: int
 ) -> EpisodeCost:

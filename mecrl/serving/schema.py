@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -122,6 +122,65 @@ class DecisionResponse(BaseModel):
     decisions: list[Decision]
 
 
+class ServiceColumns(BaseModel):
+    """The services of a batch as columns: entry i of every list is service i.
+
+    The fields mean what :class:`ServiceReport`'s do; the class figures
+    (``state_mb`` and the rest) are not taken, so a service is known by its
+    class name, or by runtime and isolation when those fit one class.
+    """
+
+    model_config = _STRICT
+
+    id: Annotated[list[Name], Field(min_length=1)]
+    current_site: list[SiteNumber]
+    access_site: list[SiteNumber]
+    runtime: list[Runtime]
+    isolation: list[Isolation]
+    tenant: list[Name]
+    service_class: list[Name] | None = None
+    recent_access_sites: (
+        list[Annotated[list[SiteNumber], Field(max_length=1024)]] | None
+    ) = None
+
+
+class SiteColumns(BaseModel):
+    """Sites' loads as columns: entry j of every list is site j."""
+
+    model_config = _STRICT
+
+    id: list[SiteNumber] = Field(default_factory=list)
+    cpu_cores_used: list[Amount] = Field(default_factory=list)
+    memory_mb_used: list[Amount] = Field(default_factory=list)
+
+
+class ColumnarDecisionRequest(BaseModel):
+    """Services and sites of one slot, as columns (for large batches)."""
+
+    model_config = _STRICT
+
+    slot: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    services: ServiceColumns
+    sites: SiteColumns = Field(default_factory=SiteColumns)
+
+
+class DecisionColumns(BaseModel):
+    """The decisions of a batch as columns, in the order of its services."""
+
+    id: list[str]
+    decision: list[Literal["stay", "move", "refused"]]
+    site: list[int]
+    proposed_site: list[int]
+
+
+class ColumnarDecisionResponse(BaseModel):
+    """The answer to a :class:`ColumnarDecisionRequest`."""
+
+    model: str
+    scenario: str
+    decisions: DecisionColumns
+
+
 class RequestError(ValueError):
     """A request that does not fit the scenario.
 
@@ -141,9 +200,113 @@ _CLASS_CACHE_SIZE = 4096
 
 _CHECKED_FIGURES = ("state_mb", "memory_mb", "cpu_cores", "slo_ms")
 
-_ClassKey = tuple[
-    str | None, str, str, float | None, float | None, float | None, float | None
-]
+
+class _ClassKey(NamedTuple):
+    """What a request says of a service's class; reports are grouped by it."""
+
+    service_class: str | None
+    runtime: str
+    isolation: str
+    state_mb: float | None = None
+    memory_mb: float | None = None
+    cpu_cores: float | None = None
+    slo_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A request's services and sites, the same whichever form it came in."""
+
+    ids: list[str]
+    current: np.ndarray
+    access: np.ndarray
+    classes: list[tuple[Any, ...]]
+    """Each service's :class:`_ClassKey`, as a tuple."""
+    tenants: list[str]
+    recent: list[list[int] | None]
+    site_ids: np.ndarray
+    site_cpu: np.ndarray
+    site_memory: np.ndarray
+    site_reports: list[SiteReport]
+    """Site reports, when the request came as reports (not columns)."""
+    columns: bool = False
+    """Whether the request came as columns."""
+
+    def loc(self, part: str, index: int, field: str) -> tuple[str | int, ...]:
+        """Return the request path of entry ``index``'s ``field`` of ``part``."""
+        return (part, field, index) if self.columns else (part, index, field)
+
+
+def _batch_of_reports(request: DecisionRequest) -> _Batch:
+    services, sites = request.services, request.sites
+    return _Batch(
+        ids=[x.id for x in services],
+        current=np.array([x.current_site for x in services], dtype=np.int64),
+        access=np.array([x.access_site for x in services], dtype=np.int64),
+        classes=[
+            _ClassKey(
+                x.service_class,
+                x.runtime,
+                x.isolation,
+                x.state_mb,
+                x.memory_mb,
+                x.cpu_cores,
+                x.slo_ms,
+            )
+            for x in services
+        ],
+        tenants=[x.tenant for x in services],
+        recent=[x.recent_access_sites for x in services],
+        site_ids=np.array([x.id for x in sites], dtype=np.int64),
+        site_cpu=np.array([x.cpu_cores_used for x in sites], dtype=np.float64),
+        site_memory=np.array([x.memory_mb_used for x in sites], dtype=np.float64),
+        site_reports=sites,
+    )
+
+
+def _batch_of_columns(request: ColumnarDecisionRequest) -> _Batch:
+    services, sites = request.services, request.sites
+    n = len(services.id)
+    for field in ServiceColumns.model_fields:
+        column = getattr(services, field)
+        if column is not None and len(column) != n:
+            raise RequestError(
+                ("services", field),
+                f"has {len(column)} entries, but id has {n}: one per service",
+            )
+    m = len(sites.id)
+    for field in ("cpu_cores_used", "memory_mb_used"):
+        if len(getattr(sites, field)) != m:
+            raise RequestError(
+                ("sites", field),
+                f"has {len(getattr(sites, field))} entries, but id has {m}: "
+                "one per site",
+            )
+    names: list[str | None] = [None] * n
+    if services.service_class is not None:
+        names = list(services.service_class)
+    recent: list[list[int] | None] = [None] * n
+    if services.recent_access_sites is not None:
+        recent = list(services.recent_access_sites)
+    return _Batch(
+        ids=services.id,
+        current=np.array(services.current_site, dtype=np.int64),
+        access=np.array(services.access_site, dtype=np.int64),
+        classes=[
+            # plain tuples cost less to make; they equal the named ones
+            (name, runtime, isolation, None, None, None, None)
+            for name, runtime, isolation in zip(
+                names, services.runtime, services.isolation, strict=True
+            )
+        ],
+        tenants=services.tenant,
+        recent=recent,
+        site_ids=np.array(sites.id, dtype=np.int64),
+        site_cpu=np.array(sites.cpu_cores_used, dtype=np.float64),
+        site_memory=np.array(sites.memory_mb_used, dtype=np.float64),
+        site_reports=[],
+        columns=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -166,28 +329,31 @@ class StateMapper:
         self.scenario = scenario
         self.max_batch = max_batch
         self.max_tenants = max_tenants
-        self._classes: dict[_ClassKey, _Resolved] = {}
+        self._classes: dict[tuple[Any, ...], _Resolved] = {}
         sites = scenario.sites
         self._site_runtimes = [
             sorted(RUNTIME_NAMES[r] for r in np.flatnonzero(sites.runtimes[i]))
             for i in range(scenario.n_sites)
         ]
 
-    def state(self, request: DecisionRequest) -> FleetState:
+    def state(self, request: DecisionRequest | ColumnarDecisionRequest) -> FleetState:
         """Return the request as scenario indices.
 
         Raises:
             RequestError: If a site is unknown, a service matches no class, a
                 service runs where its class may not, ids repeat, a reported
-                load is below what the request's services there use, or the
-                batch is over the limit.
+                load is below what the request's services there use, columns
+                differ in length, or the batch is over the limit.
         """
         s = self.scenario
-        services = request.services
-        if len(services) > self.max_batch:
+        if isinstance(request, ColumnarDecisionRequest):
+            batch = _batch_of_columns(request)
+        else:
+            batch = _batch_of_reports(request)
+        if len(batch.ids) > self.max_batch:
             raise RequestError(
                 ("services",),
-                f"{len(services)} services exceed this server's limit of "
+                f"{len(batch.ids)} services exceed this server's limit of "
                 f"{self.max_batch} per request",
             )
         if request.slot >= s.config.episode_slots:
@@ -196,22 +362,25 @@ class StateMapper:
                 f"must lie in [0, {s.config.episode_slots}): the episode length "
                 "the policy was trained on",
             )
-        _check_unique(("services",), [service.id for service in services])
-        current = np.array([x.current_site for x in services], dtype=np.int64)
-        access = np.array([x.access_site for x in services], dtype=np.int64)
-        self._check_range("current_site", current, s.n_sites, "sites")
-        self._check_range("access_site", access, s.n_access, "access (edge) sites")
-        cls = np.array([self._class_of(i, x) for i, x in enumerate(services)])
-        tenant, n_tenants = self._tenants([x.tenant for x in services])
+        _check_unique(batch, "services", batch.ids)
+        current, access = batch.current, batch.access
+        self._check_range(batch, "current_site", current, s.n_sites, "sites")
+        self._check_range(
+            batch, "access_site", access, s.n_access, "access (edge) sites"
+        )
+        # services of one description share a class: resolve each once
+        code = {key: self._class_of(batch, key) for key in dict.fromkeys(batch.classes)}
+        cls = np.fromiter((code[key] for key in batch.classes), np.int64)
+        tenant, n_tenants = self._tenants(batch.tenants)
         runs = s.constraints.static[cls, current]
         if not runs.all():
             i = int(np.flatnonzero(~runs)[0])
             raise RequestError(
-                ("services", i, "current_site"),
+                batch.loc("services", i, "current_site"),
                 f"class {s.classes.names[cls[i]]!r} may not run at site "
                 f"{current[i]} (runtime, zone, size or dedicated-host rules)",
             )
-        cpu_used, memory_used = self._loads(request.sites, cls, current)
+        cpu_used, memory_used = self._loads(batch, cls)
         return FleetState(
             cls,
             tenant,
@@ -221,74 +390,65 @@ class StateMapper:
             cpu_used,
             memory_used,
             n_tenants,
-            self._history(services, access),
+            self._history(batch),
         )
 
-    def _history(
-        self, services: Sequence[ServiceReport], access: np.ndarray
-    ) -> np.ndarray | None:
+    def _history(self, batch: _Batch) -> np.ndarray | None:
         """Return each user's access sites of the last H slots, oldest first."""
         s = self.scenario
         slots = s.config.history_slots
-        for i, service in enumerate(services):
-            given = service.recent_access_sites
+        for i, given in enumerate(batch.recent):
             if slots == 0 and given is not None:
                 raise RequestError(
-                    ("services", i, "recent_access_sites"),
+                    batch.loc("services", i, "recent_access_sites"),
                     f"scenario {s.config.name!r} keeps no history; leave it out",
                 )
             if slots > 0 and (given is None or len(given) != slots - 1):
                 raise RequestError(
-                    ("services", i, "recent_access_sites"),
+                    batch.loc("services", i, "recent_access_sites"),
                     f"scenario {s.config.name!r} keeps history_slots = {slots}: "
                     f"list the access sites of the {slots - 1} slots before this "
                     "one, oldest first",
                 )
         if slots == 0:
             return None
-        past = np.array(
-            [service.recent_access_sites for service in services], dtype=np.int64
-        ).reshape(len(services), slots - 1)
+        past = np.array(batch.recent, dtype=np.int64).reshape(len(batch.ids), -1)
         for k in range(slots - 1):
             self._check_range(
-                "recent_access_sites", past[:, k], s.n_access, "access (edge) sites"
+                batch, "recent_access_sites", past[:, k], s.n_access, "access sites"
             )
-        return np.concatenate([past, access[:, None]], axis=1)
+        return np.concatenate([past, batch.access[:, None]], axis=1)
 
     def _check_range(
-        self, field: str, values: np.ndarray, limit: int, what: str
+        self, batch: _Batch, field: str, values: np.ndarray, limit: int, what: str
     ) -> None:
         bad = np.flatnonzero(values >= limit)
         if bad.size:
             i = int(bad[0])
             raise RequestError(
-                ("services", i, field),
+                batch.loc("services", i, field),
                 f"unknown site {values[i]}; {what} of scenario "
                 f"{self.scenario.config.name!r} are 0 to {limit - 1}",
             )
 
-    def _class_of(self, index: int, service: ServiceReport) -> int:
-        key: _ClassKey = (
-            service.service_class,
-            service.runtime,
-            service.isolation,
-            service.state_mb,
-            service.memory_mb,
-            service.cpu_cores,
-            service.slo_ms,
-        )
+    def _class_of(self, batch: _Batch, key: tuple[Any, ...]) -> int:
+        """Return the class of services described by ``key``."""
         resolved = self._classes.get(key)
         if resolved is None:
-            resolved = self._resolve(service)
+            resolved = self._resolve(_ClassKey(*key))
             if len(self._classes) >= _CLASS_CACHE_SIZE:
                 # requests choose the keys: keep the memory bounded
                 self._classes.clear()
             self._classes[key] = resolved
         if resolved.cls < 0:
-            raise RequestError(("services", index, resolved.field), resolved.message)
+            # keys come in order of first use: this is the first bad service
+            index = batch.classes.index(key)
+            raise RequestError(
+                batch.loc("services", index, resolved.field), resolved.message
+            )
         return resolved.cls
 
-    def _resolve(self, service: ServiceReport) -> _Resolved:
+    def _resolve(self, service: _ClassKey) -> _Resolved:
         configs = self.scenario.config.services
         names = [c.name for c in configs]
         if service.service_class is not None:
@@ -323,56 +483,51 @@ class StateMapper:
 
     def _tenants(self, names: list[str]) -> tuple[np.ndarray, int]:
         known = {name: i for i, name in enumerate(self.scenario.classes.tenant_names)}
-        index = np.array([known.setdefault(name, len(known)) for name in names])
+        for name in dict.fromkeys(names):
+            known.setdefault(name, len(known))
+        index = np.fromiter((known[name] for name in names), np.int64, len(names))
         if len(known) > self.max_tenants:
             raise RequestError(
                 ("services",),
                 f"{len(known)} distinct tenants exceed this server's limit of "
                 f"{self.max_tenants} per request",
             )
-        return index.astype(np.int64), len(known)
+        return index, len(known)
 
-    def _loads(
-        self, reports: list[SiteReport], cls: np.ndarray, current: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _loads(self, batch: _Batch, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.scenario
-        n = len(reports)
-        ids = np.fromiter((x.id for x in reports), np.int64, n)
-        columns = {
-            "cpu_cores_used": np.fromiter(
-                (x.cpu_cores_used for x in reports), float, n
-            ),
-            "memory_mb_used": np.fromiter(
-                (x.memory_mb_used for x in reports), float, n
-            ),
-        }
+        ids = batch.site_ids
         unknown = np.flatnonzero(ids >= s.n_sites)
         if unknown.size:
             j = int(unknown[0])
             raise RequestError(
-                ("sites", j, "id"),
+                batch.loc("sites", j, "id"),
                 f"unknown site {ids[j]}; sites of scenario {s.config.name!r} are "
                 f"0 to {s.n_sites - 1}",
             )
         if np.unique(ids).size < ids.size:
-            _check_unique(("sites",), ids.tolist())
-        for j, site in enumerate(reports):
+            _check_unique(batch, "sites", ids.tolist())
+        for j, site in enumerate(batch.site_reports):
             if site.runtimes is not None or site.zone is not None:
                 self._check_site(j, site)
         loads = []
-        for field, per_class, capacity in (
-            ("cpu_cores_used", s.classes.cpu_cores, s.sites.cpu_cores),
-            ("memory_mb_used", s.classes.memory_mb, s.sites.memory_mb),
+        for field, reported, per_class, capacity in (
+            ("cpu_cores_used", batch.site_cpu, s.classes.cpu_cores, s.sites.cpu_cores),
+            (
+                "memory_mb_used",
+                batch.site_memory,
+                s.classes.memory_mb,
+                s.sites.memory_mb,
+            ),
         ):
-            reported = columns[field]
-            needed = np.bincount(current, per_class[cls], minlength=s.n_sites)[ids]
+            needed = np.bincount(batch.current, per_class[cls], minlength=s.n_sites)
             # sums of the same figures in another order differ in the last bits
-            short = np.flatnonzero(reported < needed * (1.0 - 1e-9) - 1e-9)
+            short = np.flatnonzero(reported < needed[ids] * (1.0 - 1e-9) - 1e-9)
             if short.size:
                 j = int(short[0])
                 raise RequestError(
-                    ("sites", j, field),
-                    f"{reported[j]} is less than the {needed[j]} that the "
+                    batch.loc("sites", j, field),
+                    f"{reported[j]} is less than the {needed[ids[j]]} that the "
                     f"request's services at site {ids[j]} use",
                 )
             load = unreported_load(capacity)
@@ -406,9 +561,7 @@ def unreported_load(capacity: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(capacity), np.inf, 0.0)
 
 
-def _mismatch(
-    service: ServiceReport, config: ServiceClassConfig
-) -> tuple[str, str] | None:
+def _mismatch(service: _ClassKey, config: ServiceClassConfig) -> tuple[str, str] | None:
     """Return the first field where ``service`` differs from class ``config``."""
     for field in ("runtime", "isolation"):
         given, expected = getattr(service, field), getattr(config, field)
@@ -421,12 +574,14 @@ def _mismatch(
     return None
 
 
-def _check_unique(loc: tuple[str | int, ...], ids: Sequence[str | int]) -> None:
+def _check_unique(batch: _Batch, part: str, ids: Sequence[str | int]) -> None:
+    if len(set(ids)) == len(ids):
+        return
     seen: dict[str | int, int] = {}
     for i, key in enumerate(ids):
         if key in seen:
             raise RequestError(
-                (*loc, i, "id"), f"id {key!r} repeats (also entry {seen[key]})"
+                batch.loc(part, i, "id"), f"id {key!r} repeats (also entry {seen[key]})"
             )
         seen[key] = i
 
@@ -450,6 +605,22 @@ def answer(
             {"id": i, "decision": k, "site": s, "proposed_site": p}
             for i, k, s, p in rows
         ],
+    }
+
+
+def answer_columns(
+    request: ColumnarDecisionRequest, decisions: Decisions, model: str, scenario: str
+) -> dict[str, object]:
+    """Return the JSON-ready answer of :class:`ColumnarDecisionResponse`'s shape."""
+    return {
+        "model": model,
+        "scenario": scenario,
+        "decisions": {
+            "id": request.services.id,
+            "decision": np.array(KINDS)[decisions.kind].tolist(),
+            "site": decisions.site.tolist(),
+            "proposed_site": decisions.proposed_site.tolist(),
+        },
     }
 
 

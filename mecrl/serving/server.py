@@ -3,6 +3,8 @@
 | method and path | auth | what |
 |---|---|---|
 | ``POST /v1/decisions`` | yes | services and sites in, a decision per service out |
+| ``POST /v1/decisions/columns`` | yes | the same as columns (one list per field): |
+| | | for large batches, about ten times cheaper to parse |
 | ``GET /v1/bundle`` | yes | the bundle's manifest |
 | ``GET /v2/health/live``, ``/v2/health/ready`` | no | Open Inference Protocol |
 | | | (v2) liveness and readiness |
@@ -30,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -51,8 +53,10 @@ from mecrl import __version__
 from mecrl.config import check, check_integer
 from mecrl.envs.observation import FEATURES
 from mecrl.serving.bundle import Bundle
-from mecrl.serving.decide import KINDS, Decider
+from mecrl.serving.decide import KINDS, Decider, Decisions
 from mecrl.serving.schema import (
+    ColumnarDecisionRequest,
+    ColumnarDecisionResponse,
     DecisionRequest,
     DecisionResponse,
     InferRequest,
@@ -60,9 +64,12 @@ from mecrl.serving.schema import (
     RequestError,
     StateMapper,
     answer,
+    answer_columns,
 )
 
 logger = logging.getLogger(__name__)
+
+Body = TypeVar("Body", DecisionRequest, ColumnarDecisionRequest)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -264,34 +271,52 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
     decider = Decider(bundle)
     mapper = StateMapper(bundle.scenario, settings.max_batch, settings.max_tenants)
     _add_error_handlers(app)
-    _add_schemas(app, DecisionRequest)
+    _add_schemas(app, DecisionRequest, ColumnarDecisionRequest)
 
-    @app.post(
-        "/v1/decisions",
-        response_model=DecisionResponse,
-        responses={
-            **_ERRORS,
-            422: {"description": "a field is malformed or does not fit the scenario"},
-        },
-        openapi_extra=_json_body(DecisionRequest),
-    )
-    async def decisions(request: Request) -> Response:
-        """Decide, for each service, whether to stay or to which site to move."""
+    async def decide(request: Request, form: type[Body]) -> tuple[Body, Decisions]:
         # pydantic parses the bytes itself: twice as fast as json.loads first
         try:
-            body = DecisionRequest.model_validate_json(await request.body())
+            body = form.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-            ) from None
+            raise RequestValidationError(_in_body(exc)) from None
         result = decider.decide(mapper.state(body))
         counts = np.bincount(result.kind, minlength=len(KINDS))
         for kind, count in zip(KINDS, counts.tolist(), strict=True):
             if count:
                 metrics.decisions.labels(kind).inc(count)
+        return body, result
+
+    unfit: dict[int | str, dict[str, Any]] = {
+        422: {"description": "a field is malformed or does not fit the scenario"}
+    }
+
+    @app.post(
+        "/v1/decisions",
+        response_model=DecisionResponse,
+        responses={**_ERRORS, **unfit},
+        openapi_extra=_json_body(DecisionRequest),
+    )
+    async def decisions(request: Request) -> Response:
+        """Decide, for each service, whether to stay or to which site to move."""
+        body, result = await decide(request, DecisionRequest)
         name = bundle.scenario.config.name
         return Response(
             _JSON.dump_json(answer(body, result, bundle.name, name)),
+            media_type="application/json",
+        )
+
+    @app.post(
+        "/v1/decisions/columns",
+        response_model=ColumnarDecisionResponse,
+        responses={**_ERRORS, **unfit},
+        openapi_extra=_json_body(ColumnarDecisionRequest),
+    )
+    async def decision_columns(request: Request) -> Response:
+        """The same decisions for a batch sent as columns, one list per field."""
+        body, result = await decide(request, ColumnarDecisionRequest)
+        name = bundle.scenario.config.name
+        return Response(
+            _JSON.dump_json(answer_columns(body, result, bundle.name, name)),
             media_type="application/json",
         )
 
@@ -375,6 +400,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or wrong bearer token"},
     413: {"description": "request body over the size limit"},
 }
+
+
+def _in_body(error: ValidationError) -> list[dict[str, Any]]:
+    """Return pydantic's errors with their paths starting at the body."""
+    return [{**entry, "loc": ("body", *entry["loc"])} for entry in error.errors()]
 
 
 def _add_error_handlers(app: FastAPI) -> None:

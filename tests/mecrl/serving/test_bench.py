@@ -22,7 +22,8 @@ def test_serving_benchmark_reports_every_figure(bundles: dict[str, Path]) -> Non
         "in process, batch of 10,000: decision time",
         "HTTP at 1,000 requests/s: latency p50",
         "HTTP at 1,000 requests/s: latency p99",
-        "HTTP, batch of 10,000: request time",
+        "HTTP, batch of 10,000 one object per service: request time",
+        "HTTP, batch of 10,000 as columns: request time",
     ]
     assert all(math.isfinite(f.value) and f.value > 0 for f in figures[1:])
     p50, p99 = figures[1].value, figures[2].value

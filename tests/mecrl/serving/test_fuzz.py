@@ -56,6 +56,7 @@ def test_no_request_gets_a_server_error(server: ServerProcess) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {
         "/v1/decisions",
+        "/v1/decisions/columns",
         "/v2/models/{name}/infer",
     }
     model = httpx.get(f"{server.url}/v1/bundle", headers=server.headers).json()["run"]

@@ -17,7 +17,7 @@ from mecrl.evaluate import episode_key
 from mecrl.serving import TOKEN_ENV
 from mecrl.serving.bundle import Bundle, load_bundle
 from mecrl.serving.cli import read_token
-from mecrl.serving.orchestrate import report
+from mecrl.serving.orchestrate import as_columns, report
 from mecrl.serving.process import ServerProcess
 from mecrl.train import RunDirectory
 
@@ -546,3 +546,68 @@ def test_a_server_without_auth_answers_without_a_token(
         )
     assert response.status_code == 200
     assert len(response.json()["decisions"]) == 3
+
+
+def test_columns_get_the_decisions_of_objects(
+    client: httpx.Client, dqn: Bundle
+) -> None:
+    backend = episode(dqn, 300, seed=7)
+    request = report(backend, [f"svc-{n}" for n in range(300)])
+
+    by_objects = client.post("/v1/decisions", json=request)
+    by_columns = client.post("/v1/decisions/columns", json=as_columns(request))
+
+    assert by_objects.status_code == by_columns.status_code == 200, by_columns.text
+    rows = by_objects.json()["decisions"]
+    columns = by_columns.json()["decisions"]
+    for field in ("id", "decision", "site", "proposed_site"):
+        assert columns[field] == [row[field] for row in rows]
+    assert {"move", "stay"} <= set(columns["decision"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "loc", "message"),
+    [
+        (
+            lambda body: body["services"]["tenant"].pop(),
+            ["body", "services", "tenant"],
+            "has 5 entries, but id has 6: one per service",
+        ),
+        (
+            lambda body: body["sites"]["memory_mb_used"].pop(),
+            ["body", "sites", "memory_mb_used"],
+            "entries, but id has",
+        ),
+        (
+            lambda body: body["services"]["current_site"].__setitem__(4, 999),
+            ["body", "services", "current_site", 4],
+            "unknown site 999",
+        ),
+        (
+            lambda body: body["services"]["id"].__setitem__(5, "svc-0"),
+            ["body", "services", "id", 5],
+            "id 'svc-0' repeats (also entry 0)",
+        ),
+        (
+            lambda body: body["services"]["service_class"].__setitem__(2, "nope"),
+            ["body", "services", "service_class", 2],
+            "unknown class 'nope'",
+        ),
+    ],
+)
+def test_bad_columns_get_422_naming_the_field(
+    client: httpx.Client,
+    valid: Request,
+    edit: Any,
+    loc: list[Any],
+    message: str,
+) -> None:
+    body = as_columns(valid)
+    edit(body)
+
+    response = client.post("/v1/decisions/columns", json=body)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc
+    assert message in detail["msg"]
