@@ -8,7 +8,6 @@ is not the one this mecrl builds for the scenario.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ import numpy as np
 import onnxruntime as ort
 
 from mecrl.config import from_dict, load_file
-from mecrl.envs.observation import FEATURES, CandidateView
+from mecrl.datasets.paths import file_sha256
+from mecrl.envs.observation import CandidateView
 from mecrl.scenario import Scenario, ScenarioConfig
 
 logger = logging.getLogger(__name__)
@@ -34,15 +34,6 @@ SCENARIO_FILE = "scenario.yaml"
 
 class BundleError(ValueError):
     """A bundle is missing, damaged or does not match its manifest."""
-
-
-def file_sha256(path: Path) -> str:
-    """Return the SHA-256 of a file's bytes, in hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -167,15 +158,15 @@ def _read_scenario(path: Path, manifest: dict[str, Any]) -> Scenario:
 
 def _check_layout(manifest: dict[str, Any], scenario: Scenario) -> CandidateView:
     observation = manifest["observation"]
-    if tuple(observation["features"]) != FEATURES:
-        raise BundleError(
-            f"the bundle's features {observation['features']} are not this "
-            f"mecrl's {list(FEATURES)}"
-        )
     global_sites = manifest["actions"]["space"] == "sites"
     view = CandidateView(
         scenario, None if global_sites else observation["n_candidates"]
     )
+    if tuple(observation["features"]) != view.layout.features:
+        raise BundleError(
+            f"the bundle's features {observation['features']} are not what this "
+            f"mecrl builds for its scenario, {list(view.layout.features)}"
+        )
     if view.layout.size != observation["size"]:
         raise BundleError(
             f"the bundle's observations have {observation['size']} entries; "

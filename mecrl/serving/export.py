@@ -40,6 +40,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from mecrl import __version__
 from mecrl.agents.learned import ALGORITHMS
 from mecrl.config import from_dict
+from mecrl.datasets.paths import file_sha256
 from mecrl.envs.observation import FEATURES, ObservationLayout
 from mecrl.evaluate import action_space_for, policy_context
 from mecrl.scenario import ScenarioConfig
@@ -48,7 +49,6 @@ from mecrl.serving.bundle import (
     MANIFEST_FILE,
     MODEL_FILE,
     SCENARIO_FILE,
-    file_sha256,
 )
 from mecrl.train import RunDirectory
 
@@ -83,6 +83,7 @@ class MaskedPolicyGraph(torch.nn.Module):
         self.q_values = isinstance(model, DQN)
         self.masked = masked
         self.n_candidates = layout.n_candidates
+        self.n_features = len(layout.features)
 
     def scores(self, observation: torch.Tensor) -> torch.Tensor:
         """Return the logits (actor-critics) or Q-values (DQN) of each action."""
@@ -116,7 +117,7 @@ class MaskedPolicyGraph(torch.nn.Module):
         return torch.argmax(torch.softmax(logits, dim=1), dim=1)
 
     def _stay(self, observation: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        table = observation[:, :-1].reshape(-1, self.n_candidates, len(FEATURES))
+        table = observation[:, :-1].reshape(-1, self.n_candidates, self.n_features)
         here = mask & (table[:, :, _HOPS_FROM_CURRENT] == 0)
         return torch.argmax(here.to(torch.int32), dim=1)
 
@@ -263,7 +264,7 @@ def _manifest(
             "config_sha256": scenario.digest(),
         },
         "observation": {
-            "features": list(FEATURES),
+            "features": list(layout.features),
             "n_candidates": layout.n_candidates,
             "size": layout.size,
             "dtype": "float32",

@@ -588,7 +588,7 @@ def _tensors(
 
 def _check_stay_allowed(observation: np.ndarray, mask: np.ndarray, k: int) -> None:
     """Refuse masks that forbid staying: then no action would be allowed."""
-    table = observation[:, :-1].reshape(-1, k, len(FEATURES))
+    table = observation[:, :-1].reshape(observation.shape[0], k, -1)
     stays = mask & (table[:, :, _HOPS_FROM_CURRENT] == 0)
     bad = np.flatnonzero(~stays.any(axis=1))
     if bad.size:

@@ -14,10 +14,11 @@ import yaml
 from mecrl import __version__
 from mecrl.agents.learned import ALGORITHMS
 from mecrl.backend import SimBackend
-from mecrl.envs.observation import FEATURES
+from mecrl.datasets.paths import file_sha256
+from mecrl.envs.observation import FEATURES, HISTORY_FEATURES
 from mecrl.evaluate import episode_key
 from mecrl.scenario import load_config
-from mecrl.serving.bundle import file_sha256, load_bundle
+from mecrl.serving.bundle import load_bundle
 from mecrl.serving.export import export_run
 from mecrl.train import RunDirectory
 
@@ -161,3 +162,24 @@ def test_export_refuses_a_folder_that_holds_files(
 def test_export_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         export_run(tmp_path, tmp_path / "bundle")
+
+
+def test_a_scenario_with_history_exports_its_features_and_acts_alike(
+    tmp_path: Path, city_scenario: Path, train_tiny: TinyRun
+) -> None:
+    config = yaml.safe_load(city_scenario.read_text())
+    config.update(name="city-short-history", history_slots=3)
+    scenario = tmp_path / "city-short-history.yaml"
+    scenario.write_text(yaml.safe_dump(config))
+    # DQN does not read the mask: its fallback to staying reads the features
+    run = train_tiny(tmp_path / "runs", scenario, "dqn")
+    export_run(run, tmp_path / "bundle")
+
+    loaded, observation, mask, expected = recorded_episode(run, tmp_path / "bundle")
+    action, _ = loaded.act(observation, mask)
+
+    features = loaded.manifest["observation"]["features"]
+    assert features == [*FEATURES, *HISTORY_FEATURES]
+    assert loaded.manifest["observation"]["size"] == 8 * len(features) + 1
+    np.testing.assert_array_equal(action, expected)
+    assert mask[np.arange(len(action)), action].all()
