@@ -178,12 +178,15 @@ def _write(fd: int, frame: bytes) -> None:
             raise
 
 
+READY = "ready"
+"""The line written once every device is open and frames flow."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Create the TAP devices listed in a links file and forward until stopped."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m mecrl.testbed.forwarder LINKS.json", file=sys.stderr)
-        return 2
+        raise SystemExit("usage: python -m mecrl.testbed.forwarder LINKS.json")
     links = read_links(Path(args[0]))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
@@ -200,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
-    print("ready", flush=True)
+    # the handshake the testbed waits for on our stdout, not a message
+    sys.stdout.write(READY + "\n")
+    sys.stdout.flush()
     with contextlib.suppress(_StopError):
         Forwarder(pairs).run()
     return 0

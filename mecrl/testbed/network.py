@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mecrl.testbed.forwarder import TapLink, write_links
+from mecrl.testbed.forwarder import READY, TapLink, write_links
 from mecrl.testbed.netns import (
     CommandError,
     exec_argv,
@@ -359,7 +359,7 @@ def _wait_ready(process: subprocess.Popen[str], timeout_s: float) -> bool:
         line = process.stdout.readline()
         if not line:
             return False
-        if line.strip() == "ready":
+        if line.strip() == READY:
             return True
     return False
 
