@@ -80,6 +80,7 @@ from stable_baselines3.common.callbacks import (
     CallbackList,
     ProgressBarCallback,
 )
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from mecrl.agents import make_policy
@@ -604,7 +605,7 @@ def build_model(
         start = hyperparameters.get("learning_rate", default)
         hyperparameters["learning_rate"] = LinearSchedule(float(start))
     try:
-        return cls(
+        model = cls(
             "MlpPolicy",
             env,
             policy_kwargs=policy_kwargs,
@@ -618,6 +619,10 @@ def build_model(
         raise ConfigError(
             "hyperparameters", f"{cls.__name__} rejects them: {exc}"
         ) from None
+    if tensorboard_dir is None:
+        # SB3's default logger makes an empty /tmp/SB3-<time> folder per run
+        model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
+from stable_baselines3.common.logger import Logger
 
 from mecrl.agents.vec import FleetVecEnv
 from mecrl.envs.fleet import FleetVectorEnv
@@ -74,6 +75,7 @@ def test_maskable_ppo_trains_and_only_picks_allowed_actions(
 ) -> None:
     env = FleetVecEnv(N, short_wang, coupled=True, seed=2)
     model = MaskablePPO("MlpPolicy", env, n_steps=10, batch_size=60, seed=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-* folder
     model.learn(total_timesteps=2 * N * 10)
     assert model.num_timesteps >= 2 * N * 10
     observation = env.reset()
