@@ -27,6 +27,7 @@ which is why each host's containerd namespace carries the testbed's id.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import tarfile
@@ -66,6 +67,11 @@ def containerd_config(folder: Path) -> str:
     )
 
 
+def scratch_dir(folder: Path) -> Path:
+    """The temporary directory of the containerd whose folder is ``folder``."""
+    return folder / "tmp"
+
+
 def start_containerd(folder: Path, state: StateFile) -> Path:
     """Start containerd with its config, root and state in ``folder``.
 
@@ -82,8 +88,16 @@ def start_containerd(folder: Path, state: StateFile) -> Path:
     config.write_text(containerd_config(folder), encoding="utf-8")
     socket_path = folder / "containerd.sock"
     state.recorded.containerd_socket = str(socket_path)
+    # containerd leaves a ctrd-checkpoint* folder in its temporary directory
+    # per checkpoint; kept in the testbed's folder, teardown removes them
+    scratch = scratch_dir(folder)
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(scratch), "XDG_RUNTIME_DIR": str(scratch)}
     process = state.spawn(
-        ["containerd", "--config", str(config)], "containerd", folder / "log.txt"
+        ["containerd", "--config", str(config)],
+        "containerd",
+        folder / "log.txt",
+        env=env,
     )
     deadline = time.monotonic() + _READY_S
     while time.monotonic() < deadline and process.poll() is None:

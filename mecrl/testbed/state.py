@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +87,7 @@ class StateFile:
         log_path: Path,
         *,
         stdout_pipe: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[str]:
         """Start a process in its own process group and record it.
 
@@ -96,6 +97,7 @@ class StateFile:
             log_path: File that receives its standard error (and standard
                 output unless ``stdout_pipe``).
             stdout_pipe: Give the caller a pipe to its standard output.
+            env: Its environment; None for this process's.
         """
         with log_path.open("ab") as log:
             stdout: int | IO[bytes] = subprocess.PIPE if stdout_pipe else log
@@ -106,6 +108,7 @@ class StateFile:
                 stderr=log,
                 start_new_session=True,
                 text=True,
+                env=None if env is None else dict(env),
             )
         self.record_process(process.pid, what)
         logger.info("started %s (pid %d)", what, process.pid)

@@ -47,6 +47,7 @@ from mecrl.testbed.containerd import (
     build_image,
     import_image,
     remove_containers,
+    scratch_dir,
     start_containerd,
 )
 from mecrl.testbed.netns import CommandError, entered, exec_argv, netns_path, run
@@ -487,6 +488,7 @@ def teardown(workdir: str | Path) -> bool:
     stop_processes(recorded.processes, "containerd", 10.0)
     if socket_path is not None:
         _kill_shims(socket_path)
+        shutil.rmtree(scratch_dir(Path(socket_path).parent), ignore_errors=True)
     _remove_runc_state(recorded.containerd_namespaces)
     _unmount_under(workdir)
     stop_processes(recorded.processes, "forwarder", 5.0)
