@@ -135,7 +135,15 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        # nothing reads the client's address, so forwarded-for headers are
+        # not parsed; the server does not advertise itself
+        proxy_headers=False,
+        server_header=False,
     )
     return 0
 

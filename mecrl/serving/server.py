@@ -30,9 +30,9 @@ import gc
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -69,7 +69,8 @@ from mecrl.serving.schema import (
 
 logger = logging.getLogger(__name__)
 
-Body = TypeVar("Body", DecisionRequest, ColumnarDecisionRequest)
+Answer = Callable[[Any, Decisions, str, str], dict[str, object]]
+"""Writes the JSON-ready answer of a request and its decisions."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -128,37 +129,29 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
-        for kind in KINDS:
-            self.decisions.labels(kind)
+        self._kinds = [self.decisions.labels(kind) for kind in KINDS]
+        # labels() takes a lock and hashes its arguments: keep the children
+        self._children: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
 
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count a request to ``route`` answered with ``status`` in ``seconds``."""
+        children = self._children.get((route, status))
+        if children is None:
+            # routes are templates and statuses few: this stays small
+            children = (
+                self.latency.labels(route),
+                self.requests.labels(route, str(status)),
+            )
+            self._children[route, status] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
-class RequestMetricsMiddleware:
-    """Counts requests and times them, labelled by route template."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on, then count and time it."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = [500]
-
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        start_s = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            label = getattr(route, "path", "other")
-            self.metrics.latency.labels(label).observe(time.perf_counter() - start_s)
-            self.metrics.requests.labels(label, str(status[0])).inc()
+    def count_decisions(self, decisions: Decisions) -> None:
+        """Count ``decisions`` by kind."""
+        counts = np.bincount(decisions.kind, minlength=len(KINDS))
+        for child, count in zip(self._kinds, counts.tolist(), strict=True):
+            if count:
+                child.inc(count)
 
 
 def error_body(path: str, message: str) -> dict[str, str]:
@@ -170,60 +163,120 @@ OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/openapi.json"})
 """Paths answered without a token: probes and the schema."""
 
 
-class BearerMiddleware:
-    """Answers 401 unless the request carries the bearer token.
+class Front:
+    """The server's entry: guards every request and answers decisions itself.
 
-    A middleware rather than a FastAPI dependency: resolving dependencies
-    costs more than the decision itself on a one-service request.
+    Every request is timed and counted, needs the bearer token (except
+    :data:`OPEN_PATHS`) and a body within the size limit. Decisions are then
+    answered here, every other route by the FastAPI application. Decisions
+    skip FastAPI because a one-service request is the hot path, and
+    FastAPI's routing, dependency solving and middleware layers cost more
+    than the decision itself; the schema still documents them.
+
+    Args:
+        app: The FastAPI application of every other route.
+        decisions: Answers the decision routes.
+        metrics: Where requests are counted and timed.
+        settings: Token and body limit.
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        decisions: DecisionRoutes,
+        metrics: Metrics,
+        settings: ServerSettings,
+    ) -> None:
         self.app = app
-        self.expected = b"bearer " + token.encode()
+        self.decisions = decisions
+        self.metrics = metrics
+        self.max_bytes = settings.max_body_bytes
+        self.expected = (
+            None if settings.token is None else b"bearer " + settings.token.encode()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on if it may be answered, else refuse it."""
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        """Answer one request (or pass a lifespan or websocket scope on)."""
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        start_s = time.perf_counter()
+        path = scope["path"]
+        status, label = 500, "other"
+        try:
+            if path in self.decisions.forms:
+                label = path
+                status = await self._decide(scope, receive, send)
+            else:
+                status, label = await self._pass_on(scope, receive, send)
+        finally:
+            self.metrics.observe(label, status, time.perf_counter() - start_s)
+
+    async def _decide(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer a decision route; return the status code."""
+        path = scope["path"]
+        if not self._authorised(scope):
+            return await self._unauthorised(path, send)
+        if scope["method"] != "POST":
+            body = _JSON.dump_json({"detail": "Method Not Allowed"})
+            await _send(send, 405, body, [(b"allow", b"POST")])
+            return 405
+        data = await self._body(scope, receive)
+        if data is None:
+            return await self._too_large(path, send)
+        status, body = self.decisions.answer(path, data)
+        await _send(send, status, body)
+        return status
+
+    async def _pass_on(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[int, str]:
+        """Let FastAPI answer; return the status code and the route template."""
+        path = scope["path"]
+        if path not in OPEN_PATHS and not self._authorised(scope):
+            return await self._unauthorised(path, send), _route_label(scope)
+        data = await self._body(scope, receive)
+        if data is None:
+            return await self._too_large(path, send), _route_label(scope)
+        status = [500]
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, replay, send_status)
+        return status[0], _route_label(scope)
+
+    def _authorised(self, scope: Scope) -> bool:
+        if self.expected is None:
+            return True
         given = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 given = value
         # the scheme is case-insensitive; the token is compared in constant time
         scheme, _, credentials = given.partition(b" ")
-        if hmac.compare_digest(scheme.lower() + b" " + credentials, self.expected):
-            await self.app(scope, receive, send)
-            return
-        response = JSONResponse(
-            error_body(scope["path"], "missing or wrong bearer token"),
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        await response(scope, receive, send)
+        return hmac.compare_digest(scheme.lower() + b" " + credentials, self.expected)
 
+    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """Return the whole body, or None if it is over the limit.
 
-class BodyLimitMiddleware:
-    """Answers 413 to a request body over ``max_bytes``, before parsing it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse an oversized body, or pass the request on with its body."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > self.max_bytes
-        ):
-            await self._refuse(scope, receive, send)
-            return
-        # read it all (chunked bodies declare no length), then replay it
+        A declared length over the limit is refused before reading; chunked
+        bodies declare none, so the count goes on while reading.
+        """
+        limit = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                return None
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -231,34 +284,98 @@ class BodyLimitMiddleware:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
+            if size > limit:
+                return None
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+    async def _unauthorised(self, path: str, send: Send) -> int:
+        body = _JSON.dump_json(error_body(path, "missing or wrong bearer token"))
+        await _send(send, 401, body, [(b"www-authenticate", b"Bearer")])
+        return 401
 
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, path: str, send: Send) -> int:
         message = f"request body over the limit of {self.max_bytes} bytes"
-        response = JSONResponse(error_body(scope["path"], message), status_code=413)
-        await response(scope, receive, send)
+        await _send(send, 413, _JSON.dump_json(error_body(path, message)))
+        return 413
+
+
+def _route_label(scope: Scope) -> str:
+    """The route template FastAPI matched, so that labels stay few."""
+    return str(getattr(scope.get("route"), "path", "other"))
+
+
+async def _send(
+    send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a whole JSON answer."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class DecisionRoutes:
+    """Answers ``POST /v1/decisions`` and ``/v1/decisions/columns``.
+
+    Args:
+        bundle: The loaded bundle.
+        settings: Batch and tenant limits.
+        metrics: Where decisions are counted by kind.
+    """
+
+    def __init__(
+        self, bundle: Bundle, settings: ServerSettings, metrics: Metrics
+    ) -> None:
+        self.bundle = bundle
+        self.decider = Decider(bundle)
+        self.mapper = StateMapper(
+            bundle.scenario, settings.max_batch, settings.max_tenants
+        )
+        self.metrics = metrics
+        self.forms: dict[
+            str, tuple[type[DecisionRequest] | type[ColumnarDecisionRequest], Answer]
+        ] = {
+            "/v1/decisions": (DecisionRequest, answer),
+            "/v1/decisions/columns": (ColumnarDecisionRequest, answer_columns),
+        }
+
+    def answer(self, path: str, data: bytes) -> tuple[int, bytes]:
+        """Return the status code and JSON body answering ``data`` at ``path``."""
+        form, write = self.forms[path]
+        try:
+            # pydantic parses the bytes itself: twice as fast as json.loads first
+            request = form.model_validate_json(data)
+            result = self.decider.decide(self.mapper.state(request))
+        except ValidationError as exc:
+            errors = [_error_entry(entry) for entry in _in_body(exc)]
+            return 422, _JSON.dump_json({"detail": errors})
+        except RequestError as error:
+            entry = {
+                "loc": ["body", *error.loc],
+                "msg": error.message,
+                "type": "value_error",
+            }
+            return 422, _JSON.dump_json({"detail": [entry]})
+        self.metrics.count_decisions(result)
+        scenario = self.bundle.scenario.config.name
+        return 200, _JSON.dump_json(write(request, result, self.bundle.name, scenario))
 
 
 class ProtocolError(ValueError):
     """A v2 request the model cannot run on; answered 400 with its message."""
 
 
-def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
+def create_app(bundle: Bundle, settings: ServerSettings) -> Front:
     """Return the application serving ``bundle``."""
     app = FastAPI(
         title="mecrl policy server",
@@ -268,57 +385,8 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
         redoc_url=None,
     )
     metrics = Metrics()
-    decider = Decider(bundle)
-    mapper = StateMapper(bundle.scenario, settings.max_batch, settings.max_tenants)
     _add_error_handlers(app)
-    _add_schemas(app, DecisionRequest, ColumnarDecisionRequest)
-
-    async def decide(request: Request, form: type[Body]) -> tuple[Body, Decisions]:
-        # pydantic parses the bytes itself: twice as fast as json.loads first
-        try:
-            body = form.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise RequestValidationError(_in_body(exc)) from None
-        result = decider.decide(mapper.state(body))
-        counts = np.bincount(result.kind, minlength=len(KINDS))
-        for kind, count in zip(KINDS, counts.tolist(), strict=True):
-            if count:
-                metrics.decisions.labels(kind).inc(count)
-        return body, result
-
-    unfit: dict[int | str, dict[str, Any]] = {
-        422: {"description": "a field is malformed or does not fit the scenario"}
-    }
-
-    @app.post(
-        "/v1/decisions",
-        response_model=DecisionResponse,
-        responses={**_ERRORS, **unfit},
-        openapi_extra=_json_body(DecisionRequest),
-    )
-    async def decisions(request: Request) -> Response:
-        """Decide, for each service, whether to stay or to which site to move."""
-        body, result = await decide(request, DecisionRequest)
-        name = bundle.scenario.config.name
-        return Response(
-            _JSON.dump_json(answer(body, result, bundle.name, name)),
-            media_type="application/json",
-        )
-
-    @app.post(
-        "/v1/decisions/columns",
-        response_model=ColumnarDecisionResponse,
-        responses={**_ERRORS, **unfit},
-        openapi_extra=_json_body(ColumnarDecisionRequest),
-    )
-    async def decision_columns(request: Request) -> Response:
-        """The same decisions for a batch sent as columns, one list per field."""
-        body, result = await decide(request, ColumnarDecisionRequest)
-        name = bundle.scenario.config.name
-        return Response(
-            _JSON.dump_json(answer_columns(body, result, bundle.name, name)),
-            media_type="application/json",
-        )
+    _add_schemas(app)
 
     @app.get("/v1/bundle", responses=_ERRORS)
     async def manifest() -> dict[str, Any]:
@@ -339,34 +407,32 @@ def create_app(bundle: Bundle, settings: ServerSettings) -> FastAPI:
         np.zeros((1, bundle.view.layout.size), np.float32),
         np.ones((1, bundle.view.layout.n_candidates), bool),
     )
-    # the last added runs first: count, then check the token, then the size
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.token is not None:
-        app.add_middleware(BearerMiddleware, token=settings.token)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    return app
+    return Front(app, DecisionRoutes(bundle, settings, metrics), metrics, settings)
 
 
 _JSON = TypeAdapter(dict[str, Any])
 """Writes answers; pydantic's serialiser is several times faster than json's."""
 
 
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """Return the OpenAPI request body of a route that parses ``model`` itself."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                }
-            },
-        }
-    }
+_DECISION_ROUTES = (
+    (
+        "/v1/decisions",
+        DecisionRequest,
+        DecisionResponse,
+        "Decide, for each service, whether to stay or to which site to move.",
+    ),
+    (
+        "/v1/decisions/columns",
+        ColumnarDecisionRequest,
+        ColumnarDecisionResponse,
+        "The same decisions for a batch sent as columns, one list per field.",
+    ),
+)
+"""Path, request, answer and summary of each route :class:`DecisionRoutes` serves."""
 
 
-def _add_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
-    """Publish ``models`` in the OpenAPI components, for :func:`_json_body`."""
+def _add_schemas(app: FastAPI) -> None:
+    """Write the OpenAPI schema: FastAPI's routes, the decision routes, the token."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -376,24 +442,56 @@ def _add_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            schema.setdefault("components", {})["securitySchemes"] = {
+            components = schema.setdefault("components", {})
+            components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"}
             }
+            models = components.setdefault("schemas", {})
+            for path, request, response, summary in _DECISION_ROUTES:
+                schema["paths"][path] = _decision_operation(request, response, summary)
+                for model in (request, response):
+                    found = model.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    )
+                    models.update(found.pop("$defs", {}))
+                    models[model.__name__] = found
             for path, operations in schema["paths"].items():
                 if path not in OPEN_PATHS:
                     for operation in operations.values():
                         operation["security"] = [{"bearer": []}]
-            components = schema["components"].setdefault("schemas", {})
-            for model in models:
-                found = model.model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                )
-                components.update(found.pop("$defs", {}))
-                components[model.__name__] = found
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _decision_operation(
+    request: type[BaseModel], response: type[BaseModel], summary: str
+) -> dict[str, Any]:
+    """Return the OpenAPI path item of a decision route."""
+
+    def content(model: type[BaseModel]) -> dict[str, Any]:
+        reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"application/json": {"schema": reference}}
+
+    errors = {
+        **_ERRORS,
+        422: {"description": "a field is malformed or does not fit the scenario"},
+    }
+    return {
+        "post": {
+            "summary": summary,
+            "operationId": f"post_{request.__name__}",
+            "requestBody": {"required": True, "content": content(request)},
+            "responses": {
+                "200": {
+                    "description": "a decision per service, in the request's order",
+                    "content": content(response),
+                },
+                **{str(code): entry for code, entry in errors.items()},
+            },
+        }
+    }
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -417,15 +515,6 @@ def _add_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"error": text}, status_code=400)
         return JSONResponse({"detail": errors}, status_code=422)
 
-    async def unfit(request: Request, exc: Exception) -> Response:
-        error = cast(RequestError, exc)
-        entry = {
-            "loc": ["body", *error.loc],
-            "msg": error.message,
-            "type": "value_error",
-        }
-        return JSONResponse({"detail": [entry]}, status_code=422)
-
     async def protocol(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
@@ -438,7 +527,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(RequestError, unfit)
     app.add_exception_handler(ProtocolError, protocol)
     # the inference protocol words every error as {"error": message}
     app.add_exception_handler(HTTPException, http_error)

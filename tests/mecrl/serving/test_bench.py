@@ -22,6 +22,7 @@ def test_serving_benchmark_reports_every_figure(bundles: dict[str, Path]) -> Non
         "in process, batch of 10,000: decision time",
         "HTTP at 1,000 requests/s: latency p50",
         "HTTP at 1,000 requests/s: latency p99",
+        "HTTP at 1,000 requests/s: the client's own lateness p99",
         "HTTP, batch of 10,000 one object per service: request time",
         "HTTP, batch of 10,000 as columns: request time",
     ]

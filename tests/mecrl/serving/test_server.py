@@ -322,6 +322,29 @@ def test_a_body_over_the_size_limit_gets_413(client: httpx.Client) -> None:
     assert "limit of 16777216 bytes" in response.json()["detail"]
 
 
+def test_an_inference_body_over_the_size_limit_gets_413_in_protocol_words(
+    client: httpx.Client, dqn: Bundle
+) -> None:
+    body = b'{"inputs": [' + b" " * (16 * 2**20) + b"]}"
+
+    response = client.post(
+        f"/v2/models/{dqn.name}/infer",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413
+    assert "limit of 16777216 bytes" in response.json()["error"]
+
+
+def test_decisions_answer_only_post(client: httpx.Client) -> None:
+    for path in ("/v1/decisions", "/v1/decisions/columns"):
+        response = client.get(path)
+
+        assert response.status_code == 405
+        assert response.headers["allow"] == "POST"
+
+
 def test_a_chunked_body_over_the_size_limit_gets_413(client: httpx.Client) -> None:
     def chunks() -> Any:
         for _ in range(17):
