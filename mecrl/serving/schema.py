@@ -227,8 +227,8 @@ class _Batch:
     site_ids: np.ndarray
     site_cpu: np.ndarray
     site_memory: np.ndarray
-    site_reports: list[SiteReport]
-    """Site reports, when the request came as reports (not columns)."""
+    site_reports: list[tuple[int, SiteReport]]
+    """The site reports that say what a site offers, with their positions."""
     columns: bool = False
     """Whether the request came as columns."""
 
@@ -260,7 +260,11 @@ def _batch_of_reports(request: DecisionRequest) -> _Batch:
         site_ids=np.array([x.id for x in sites], dtype=np.int64),
         site_cpu=np.array([x.cpu_cores_used for x in sites], dtype=np.float64),
         site_memory=np.array([x.memory_mb_used for x in sites], dtype=np.float64),
-        site_reports=sites,
+        site_reports=[
+            (j, x)
+            for j, x in enumerate(sites)
+            if x.runtimes is not None or x.zone is not None
+        ],
     )
 
 
@@ -335,6 +339,8 @@ class StateMapper:
             sorted(RUNTIME_NAMES[r] for r in np.flatnonzero(sites.runtimes[i]))
             for i in range(scenario.n_sites)
         ]
+        self._no_cpu = unreported_load(sites.cpu_cores)
+        self._no_memory = unreported_load(sites.memory_mb)
 
     def state(self, request: DecisionRequest | ColumnarDecisionRequest) -> FleetState:
         """Return the request as scenario indices.
@@ -505,19 +511,18 @@ class StateMapper:
                 f"unknown site {ids[j]}; sites of scenario {s.config.name!r} are "
                 f"0 to {s.n_sites - 1}",
             )
-        if np.unique(ids).size < ids.size:
+        if ids.size and np.bincount(ids).max() > 1:
             _check_unique(batch, "sites", ids.tolist())
-        for j, site in enumerate(batch.site_reports):
-            if site.runtimes is not None or site.zone is not None:
-                self._check_site(j, site)
+        for j, site in batch.site_reports:
+            self._check_site(j, site)
         loads = []
-        for field, reported, per_class, capacity in (
-            ("cpu_cores_used", batch.site_cpu, s.classes.cpu_cores, s.sites.cpu_cores),
+        for field, reported, per_class, unreported in (
+            ("cpu_cores_used", batch.site_cpu, s.classes.cpu_cores, self._no_cpu),
             (
                 "memory_mb_used",
                 batch.site_memory,
                 s.classes.memory_mb,
-                s.sites.memory_mb,
+                self._no_memory,
             ),
         ):
             needed = np.bincount(batch.current, per_class[cls], minlength=s.n_sites)
@@ -530,7 +535,7 @@ class StateMapper:
                     f"{reported[j]} is less than the {needed[ids[j]]} that the "
                     f"request's services at site {ids[j]} use",
                 )
-            load = unreported_load(capacity)
+            load = unreported.copy()
             load[ids] = reported
             loads.append(load)
         return loads[0], loads[1]
