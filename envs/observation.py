@@ -308,11 +308,11 @@ class CandidateView:
         admitted = mask & allowed
 
         # zero the features of candidates that only capacity or co-residency
-        # rules out; they are few, so index them rather than mask everything
+        # rules out
         width = len(self.layout.features)
-        rows, cols = np.nonzero(mask & ~allowed)
-        if rows.size:
-            observation[rows[:, None], cols[:, None] * width + np.arange(width)] = 0.0
+        ruled_out = mask & ~allowed
+        if ruled_out.any():
+            self.layout.candidate_table(observation)[ruled_out] = 0.0
         capacity = s.sites.cpu_cores
         load = np.where(np.isfinite(capacity), occupancy.cpu_used / capacity, 0.0)
         observation[:, _LOAD:-1:width] = np.minimum(load[sites], FEATURE_CAP) * admitted

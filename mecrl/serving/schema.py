@@ -221,7 +221,8 @@ class _Batch:
     current: np.ndarray
     access: np.ndarray
     classes: list[tuple[Any, ...]]
-    """Each service's :class:`_ClassKey`, as a tuple."""
+    """Each service's :class:`_ClassKey` fields, as a tuple (the first three
+    for columns, which give no class figures)."""
     tenants: list[str]
     recent: list[list[int] | None]
     site_ids: np.ndarray
@@ -296,13 +297,9 @@ def _batch_of_columns(request: ColumnarDecisionRequest) -> _Batch:
         ids=services.id,
         current=np.array(services.current_site, dtype=np.int64),
         access=np.array(services.access_site, dtype=np.int64),
-        classes=[
-            # plain tuples cost less to make; they equal the named ones
-            (name, runtime, isolation, None, None, None, None)
-            for name, runtime, isolation in zip(
-                names, services.runtime, services.isolation, strict=True
-            )
-        ],
+        # columns give no class figures: a key of the first three fields,
+        # the rest default when it is resolved
+        classes=list(zip(names, services.runtime, services.isolation, strict=True)),
         tenants=services.tenant,
         recent=recent,
         site_ids=np.array(sites.id, dtype=np.int64),
@@ -376,7 +373,7 @@ class StateMapper:
         )
         # services of one description share a class: resolve each once
         code = {key: self._class_of(batch, key) for key in dict.fromkeys(batch.classes)}
-        cls = np.fromiter((code[key] for key in batch.classes), np.int64)
+        cls = np.array(list(map(code.__getitem__, batch.classes)), np.int64)
         tenant, n_tenants = self._tenants(batch.tenants)
         runs = s.constraints.static[cls, current]
         if not runs.all():
@@ -403,21 +400,22 @@ class StateMapper:
         """Return each user's access sites of the last H slots, oldest first."""
         s = self.scenario
         slots = s.config.history_slots
-        for i, given in enumerate(batch.recent):
-            if slots == 0 and given is not None:
+        if slots == 0:
+            if batch.recent.count(None) < len(batch.recent):
+                i = next(i for i, x in enumerate(batch.recent) if x is not None)
                 raise RequestError(
                     batch.loc("services", i, "recent_access_sites"),
                     f"scenario {s.config.name!r} keeps no history; leave it out",
                 )
-            if slots > 0 and (given is None or len(given) != slots - 1):
+            return None
+        for i, given in enumerate(batch.recent):
+            if given is None or len(given) != slots - 1:
                 raise RequestError(
                     batch.loc("services", i, "recent_access_sites"),
                     f"scenario {s.config.name!r} keeps history_slots = {slots}: "
                     f"list the access sites of the {slots - 1} slots before this "
                     "one, oldest first",
                 )
-        if slots == 0:
-            return None
         past = np.array(batch.recent, dtype=np.int64).reshape(len(batch.ids), -1)
         for k in range(slots - 1):
             self._check_range(
@@ -491,7 +489,7 @@ class StateMapper:
         known = {name: i for i, name in enumerate(self.scenario.classes.tenant_names)}
         for name in dict.fromkeys(names):
             known.setdefault(name, len(known))
-        index = np.fromiter((known[name] for name in names), np.int64, len(names))
+        index = np.array(list(map(known.__getitem__, names)), np.int64)
         if len(known) > self.max_tenants:
             raise RequestError(
                 ("services",),

@@ -5,7 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from mecrl.backend import SimBackend
 from mecrl.config import ConfigError
+from mecrl.constraints import Occupancy
 from mecrl.costs import weighted_total
 from mecrl.envs.fleet import FleetCore
 from mecrl.envs.observation import (
@@ -224,3 +226,24 @@ def test_history_leaves_the_static_features_unchanged() -> None:
 def test_history_slots_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="history_slots: must be >= 0, got -1"):
         dataclasses.replace(load_config("city-grid"), history_slots=-1)
+
+
+def test_candidates_capacity_rules_out_have_no_features() -> None:
+    scenario = load_scenario("city-grid")
+    # more services than the sites hold, each at its nearest feasible site
+    backend = SimBackend(scenario, coupled=False)
+    backend.reset(episode_key(0), np.arange(3_000))
+    occupancy = Occupancy(scenario.constraints, len(scenario.classes.tenant_names))
+    occupancy.add(backend.cls, backend.tenant, backend.site)
+    backend.occupancy = occupancy
+    view = CandidateView(scenario, scenario.config.candidates)
+
+    sites, mask, observation = view.view(backend)
+
+    static = view.static_view(backend.cls, backend.access, backend.site)
+    np.testing.assert_array_equal(sites, static.sites)
+    ruled_out = static.mask & ~mask
+    assert ruled_out.sum() > 100
+    table = view.layout.candidate_table(observation)
+    assert not table[ruled_out].any()
+    assert table[mask].any(axis=-1).all()
