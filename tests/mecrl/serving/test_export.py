@@ -14,13 +14,14 @@ import yaml
 from mecrl import __version__
 from mecrl.agents.learned import ALGORITHMS
 from mecrl.backend import SimBackend
+from mecrl.config import from_dict
 from mecrl.datasets.paths import file_sha256
 from mecrl.envs.observation import FEATURES, HISTORY_FEATURES
 from mecrl.evaluate import episode_key
 from mecrl.scenario import load_config
 from mecrl.serving.bundle import load_bundle
 from mecrl.serving.export import export_run
-from mecrl.train import RunDirectory
+from mecrl.train import RunDirectory, TrainConfig, start_run, train_run
 
 TinyRun = Callable[[Path, Path, str], Path]
 
@@ -183,3 +184,30 @@ def test_a_scenario_with_history_exports_its_features_and_acts_alike(
     assert loaded.manifest["observation"]["size"] == 8 * len(features) + 1
     np.testing.assert_array_equal(action, expected)
     assert mask[np.arange(len(action)), action].all()
+
+
+def test_a_candidate_scoring_policy_exports_and_acts_alike(
+    tmp_path: Path, city_scenario: Path
+) -> None:
+    data = {
+        "scenario": str(city_scenario),
+        "env": {"kind": "fleet", "n_services": 8, "coupled": False},
+        "total_timesteps": 512,
+        "policy": {"kind": "candidate_scoring", "net_arch": [16]},
+        "hyperparameters": {"n_steps": 32, "batch_size": 64},
+        "eval": {"freq_steps": 100_000, "services": 2, "seeds": [0]},
+        "checkpoint_freq_steps": 100_000,
+        "run_root": str(tmp_path / "runs"),
+    }
+    run = start_run(from_dict(TrainConfig, data))
+    train_run(run)
+    export_run(run.path, tmp_path / "bundle")
+
+    loaded, observation, mask, expected = recorded_episode(
+        run.path, tmp_path / "bundle"
+    )
+    action, proposed = loaded.act(observation, mask)
+
+    assert len(set(expected.tolist())) > 1  # not a policy that always stays
+    np.testing.assert_array_equal(action, expected)
+    np.testing.assert_array_equal(proposed, action)
