@@ -50,17 +50,6 @@ when the scenario keeps ``history_slots`` of it. "Ahead" is the access site
 nearest to where the user would be if it went on as far again in the same
 direction as it came from the oldest remembered site."""
 
-
-def track_features(horizons_slots: tuple[int, ...]) -> tuple[str, ...]:
-    """Return the names of the track features of ``horizons_slots``, in order.
-
-    Feature ``track_<h>_latency_over_slo`` of a candidate is its latency from
-    the access site nearest to the user's extrapolated position h slots on,
-    over the SLO; they follow ``HISTORY_FEATURES``.
-    """
-    return tuple(f"track_{h}_latency_over_slo" for h in horizons_slots)
-
-
 HOPS_SCALE = 10.0
 """Hop counts are divided by this; policies multiply back to get integers."""
 
@@ -82,24 +71,16 @@ class ObservationLayout:
     """Candidates per observation (K)."""
     history: bool = False
     """Whether each candidate also carries ``HISTORY_FEATURES``."""
-    track_horizons_slots: tuple[int, ...] = ()
-    """Horizons of the track features each candidate carries after those."""
 
     @classmethod
     def of(cls, scenario: Scenario, n_candidates: int) -> ObservationLayout:
         """Return the layout of ``scenario``'s observations with K candidates."""
-        config = scenario.config
-        return cls(
-            n_candidates,
-            history=config.history_slots > 0,
-            track_horizons_slots=config.track_horizons_slots,
-        )
+        return cls(n_candidates, history=scenario.config.history_slots > 0)
 
     @property
     def features(self) -> tuple[str, ...]:
         """Per-candidate features, in order."""
-        history = HISTORY_FEATURES if self.history else ()
-        return FEATURES + history + track_features(self.track_horizons_slots)
+        return FEATURES + HISTORY_FEATURES if self.history else FEATURES
 
     @property
     def size(self) -> int:
@@ -291,14 +272,6 @@ class CandidateView:
         table[..., first] = recent.mean(axis=1) / slo_ms
         table[..., first + 1] = oldest / slo_ms
         table[..., first + 2] = ahead / slo_ms
-        horizons = self.layout.track_horizons_slots
-        if horizons:
-            track = self._track(history.window(), horizons)
-            latency = s.latency_ms[track[:, :, None], sites[:, None, :]]
-            start = first + len(HISTORY_FEATURES)
-            table[..., start : start + len(horizons)] = np.moveaxis(
-                latency / slo_ms[..., None], 1, 2
-            )
         np.minimum(table[..., first:], FEATURE_CAP, out=table[..., first:])
         table[..., first:] *= mask[..., None]
 
@@ -311,22 +284,6 @@ class CandidateView:
         """Return the access site ahead of users who came from ``oldest``."""
         xy_m = self.scenario.topology.positions_m
         _, ahead = self._access_tree.query(2.0 * xy_m[access] - xy_m[oldest])
-        return np.asarray(ahead, dtype=np.int64)
-
-    def _track(self, window: np.ndarray, horizons_slots: tuple[int, ...]) -> np.ndarray:
-        """Return the (N, len(horizons)) access sites ahead on the fitted track.
-
-        The velocity is the least-squares slope of the access sites'
-        positions over the (N, H) ``window``, oldest first; the track starts
-        at the newest access site. Sites are cells, so a user who turned
-        within the window is extrapolated along the average of its headings.
-        """
-        xy_m = self.scenario.topology.positions_m[window]
-        offset = np.arange(window.shape[1]) - (window.shape[1] - 1) / 2.0
-        velocity_m = np.einsum("h,nhd->nd", offset, xy_m) / np.sum(offset**2)
-        steps = np.asarray(horizons_slots, dtype=np.float64)
-        points_m = xy_m[:, None, -1] + steps[None, :, None] * velocity_m[:, None]
-        _, ahead = self._access_tree.query(points_m)
         return np.asarray(ahead, dtype=np.int64)
 
     def _admit(

@@ -25,14 +25,7 @@ from typing import Any
 import numpy as np
 
 import mecrl.datasets  # noqa: F401  registers dataset-backed topologies and mobility
-from mecrl.config import (
-    ConfigError,
-    check,
-    check_integer,
-    from_dict,
-    load_file,
-    to_dict,
-)
+from mecrl.config import ConfigError, check, from_dict, load_file, to_dict
 from mecrl.constraints import Constraints
 from mecrl.costs import CostConfig, HopCost
 from mecrl.mobility import MOBILITY, MobilitySource
@@ -94,14 +87,6 @@ class ScenarioConfig:
     access sites of the last H slots and its latency from the access site of
     H - 1 slots ago: a user who lingers looks different from one passing by.
     """
-    track_horizons_slots: tuple[int, ...] = ()
-    """Slots ahead at which the observation extrapolates the user's track.
-
-    Each horizon h adds, per candidate, its latency from the access site
-    nearest to where the user would be h slots on, going on at the velocity
-    fitted (least squares) to the positions of its access sites of the last
-    ``history_slots`` slots. Needs ``history_slots`` of at least 2.
-    """
     prefetch_layers: bool = False
     """Whether cold moves pull missing layers before stopping the service."""
     calibration: str | None = None
@@ -134,13 +119,6 @@ class ScenarioConfig:
             self.history_slots >= 0,
             "history_slots",
             f"must be >= 0, got {self.history_slots}",
-        )
-        for i, horizon in enumerate(self.track_horizons_slots):
-            check_integer(f"track_horizons_slots.{i}", horizon, minimum=1)
-        check(
-            not self.track_horizons_slots or self.history_slots >= 2,
-            "track_horizons_slots",
-            f"needs history_slots >= 2 to fit a velocity, got {self.history_slots}",
         )
         check(len(self.services) > 0, "services", "must declare at least one class")
         for name, size in self.layers.items():

@@ -16,7 +16,6 @@ from mecrl.envs.observation import (
     TABLE_BUDGET_MB,
     CandidateView,
     ObservationLayout,
-    track_features,
 )
 from mecrl.evaluate import episode_key
 from mecrl.problem import move_terms, placement_terms
@@ -220,86 +219,6 @@ def test_history_leaves_the_static_features_unchanged() -> None:
         plain.layout.progress(a), remembering.layout.progress(b)
     )
     assert remembering.layout.size == plain.layout.size + 3 * 8
-
-
-def with_track(name: str, slots: int, horizons: tuple[int, ...]) -> Scenario:
-    config = dataclasses.replace(
-        load_config(name), history_slots=slots, track_horizons_slots=horizons
-    )
-    return Scenario(config)
-
-
-@pytest.mark.parametrize("budget_mb", [TABLE_BUDGET_MB, 0.0])
-def test_track_features_extrapolate_the_fitted_velocity(budget_mb: float) -> None:
-    h, horizons = 5, (2, 6)
-    scenario = with_track("city-grid", h, horizons)
-    core = FleetCore(scenario, 30, coupled=False, action_space="candidates")
-    core.view = CandidateView(scenario, scenario.config.candidates, budget_mb)
-    observation = core.reset(episode_key(3))
-    layout = core.layout
-    assert layout.features == FEATURES + HISTORY_FEATURES + (
-        "track_2_latency_over_slo",
-        "track_6_latency_over_slo",
-    )
-    assert layout.features[-2:] == track_features(horizons)
-    xy_m = scenario.topology.positions_m[: scenario.n_access]
-    seen = [core.backend.access.copy()] * h
-    rng = np.random.default_rng(5)
-    moving = 0
-    for _ in range(12):
-        window = np.stack(seen[-h:], axis=1)
-        slo_ms = scenario.classes.slo_ms[core.backend.cls]
-        for n in range(30):
-            # slope of a straight line through the window's site positions
-            velocity_m = np.polyfit(np.arange(h), xy_m[window[n]], 1)[0]
-            moving += bool(np.any(velocity_m))
-            for horizon in horizons:
-                point_m = xy_m[window[n, -1]] + horizon * velocity_m
-                distance_m = np.linalg.norm(xy_m - point_m, axis=1)
-                nearest = np.flatnonzero(distance_m <= distance_m.min() + 1e-6)
-                got = layout.feature(observation, f"track_{horizon}_latency_over_slo")
-                expected = [
-                    np.where(
-                        core.mask[n],
-                        scenario.latency_ms[site, core.sites[n]] / slo_ms[n],
-                        0.0,
-                    )
-                    for site in nearest
-                ]
-                assert any(np.allclose(got[n], row, rtol=1e-5) for row in expected)
-        core.step(random_actions(rng, core.mask))
-        seen.append(core.backend.access.copy())
-        observation = core.observe()
-    assert moving > 30  # the extrapolation was exercised, not only standing users
-
-
-def test_track_features_leave_the_other_features_unchanged() -> None:
-    history = FleetCore(with_history("city-grid", 5), 20, False, "candidates")
-    track = FleetCore(with_track("city-grid", 5, (3,)), 20, False, "candidates")
-    a, b = history.reset(episode_key(5)), track.reset(episode_key(5))
-    for name in history.layout.features:
-        np.testing.assert_array_equal(
-            history.layout.feature(a, name), track.layout.feature(b, name)
-        )
-    assert track.layout.size == history.layout.size + 8
-
-
-def test_track_horizons_need_a_history_to_fit() -> None:
-    with pytest.raises(
-        ConfigError, match="track_horizons_slots: needs history_slots >= 2"
-    ):
-        dataclasses.replace(
-            load_config("city-grid"), history_slots=1, track_horizons_slots=(2,)
-        )
-
-
-def test_track_horizons_must_be_positive_integers() -> None:
-    with pytest.raises(
-        ConfigError, match=r"track_horizons_slots\.1: must be at least 1, got 0"
-    ):
-        dataclasses.replace(
-            load_config("city-grid"), history_slots=4, track_horizons_slots=(2, 0)
-        )
 
 
 def test_history_slots_must_not_be_negative() -> None:
