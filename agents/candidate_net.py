@@ -16,7 +16,7 @@ same chain of modules as for an MLP policy.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
@@ -128,16 +128,15 @@ class CandidateScoringPolicy(MaskableActorCriticPolicy):
                 "candidates' features plus the progress"
             )
         units = tuple(int(u) for u in self.net_arch)
-        self.candidate_extractor = CandidateExtractor(
+        self.mlp_extractor = CandidateExtractor(  # type: ignore[assignment]
             n_candidates, (size - 1) // n_candidates, units, self.activation_fn
         )
-        self.mlp_extractor = self.candidate_extractor  # type: ignore[assignment]
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
         # the scores are the logits: no layer mixes candidates after them
         self.action_net = nn.Identity()
-        last = self.candidate_extractor.score_out
+        last = cast(CandidateExtractor, self.mlp_extractor).score_out
         nn.init.orthogonal_(last.weight, gain=SCORE_GAIN)
         nn.init.zeros_(last.bias)
         self.optimizer = self.optimizer_class(
