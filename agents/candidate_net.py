@@ -139,6 +139,7 @@ class CandidateScoringPolicy(MaskableActorCriticPolicy):
         last = cast(CandidateExtractor, self.mlp_extractor).score_out
         nn.init.orthogonal_(last.weight, gain=SCORE_GAIN)
         nn.init.zeros_(last.bias)
+        # SB3's optimizer still holds the replaced action layer's weights
         self.optimizer = self.optimizer_class(
             self.parameters(),
             lr=lr_schedule(1),  # type: ignore[call-arg]
