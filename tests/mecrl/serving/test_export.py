@@ -16,7 +16,7 @@ from mecrl.agents.learned import ALGORITHMS
 from mecrl.backend import SimBackend
 from mecrl.config import from_dict
 from mecrl.datasets.paths import file_sha256
-from mecrl.envs.observation import FEATURES, HISTORY_FEATURES
+from mecrl.envs.observation import FEATURES, HISTORY_FEATURES, past_slot_features
 from mecrl.evaluate import episode_key
 from mecrl.scenario import load_config
 from mecrl.serving.bundle import load_bundle
@@ -165,11 +165,12 @@ def test_export_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
         export_run(tmp_path, tmp_path / "bundle")
 
 
+@pytest.mark.parametrize("per_slot", [False, True])
 def test_a_scenario_with_history_exports_its_features_and_acts_alike(
-    tmp_path: Path, city_scenario: Path, train_tiny: TinyRun
+    tmp_path: Path, city_scenario: Path, train_tiny: TinyRun, per_slot: bool
 ) -> None:
     config = yaml.safe_load(city_scenario.read_text())
-    config.update(name="city-short-history", history_slots=3)
+    config.update(name="city-short-history", history_slots=3, history_per_slot=per_slot)
     scenario = tmp_path / "city-short-history.yaml"
     scenario.write_text(yaml.safe_dump(config))
     # DQN does not read the mask: its fallback to staying reads the features
@@ -180,7 +181,8 @@ def test_a_scenario_with_history_exports_its_features_and_acts_alike(
     action, _ = loaded.act(observation, mask)
 
     features = loaded.manifest["observation"]["features"]
-    assert features == [*FEATURES, *HISTORY_FEATURES]
+    past = list(past_slot_features(2)) if per_slot else []
+    assert features == [*FEATURES, *HISTORY_FEATURES, *past]
     assert loaded.manifest["observation"]["size"] == 8 * len(features) + 1
     np.testing.assert_array_equal(action, expected)
     assert mask[np.arange(len(action)), action].all()
