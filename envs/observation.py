@@ -50,6 +50,18 @@ when the scenario keeps ``history_slots`` of it. "Ahead" is the access site
 nearest to where the user would be if it went on as far again in the same
 direction as it came from the oldest remembered site."""
 
+
+def past_slot_features(n_slots: int) -> tuple[str, ...]:
+    """Return the names of the per-slot history features of ``n_slots`` slots.
+
+    Feature ``latency_over_slo_<i>_ago`` of a candidate is its latency from
+    the user's access site of i slots ago, over the SLO; they follow
+    ``HISTORY_FEATURES``, newest first, when the scenario sets
+    ``history_per_slot``.
+    """
+    return tuple(f"latency_over_slo_{i}_ago" for i in range(1, n_slots + 1))
+
+
 HOPS_SCALE = 10.0
 """Hop counts are divided by this; policies multiply back to get integers."""
 
@@ -71,16 +83,22 @@ class ObservationLayout:
     """Candidates per observation (K)."""
     history: bool = False
     """Whether each candidate also carries ``HISTORY_FEATURES``."""
+    past_slots: int = 0
+    """Slots before the current one whose latency each candidate carries
+    after those (see :func:`past_slot_features`)."""
 
     @classmethod
     def of(cls, scenario: Scenario, n_candidates: int) -> ObservationLayout:
         """Return the layout of ``scenario``'s observations with K candidates."""
-        return cls(n_candidates, history=scenario.config.history_slots > 0)
+        config = scenario.config
+        past = config.history_slots - 1 if config.history_per_slot else 0
+        return cls(n_candidates, history=config.history_slots > 0, past_slots=past)
 
     @property
     def features(self) -> tuple[str, ...]:
         """Per-candidate features, in order."""
-        return FEATURES + HISTORY_FEATURES if self.history else FEATURES
+        history = HISTORY_FEATURES if self.history else ()
+        return FEATURES + history + past_slot_features(self.past_slots)
 
     @property
     def size(self) -> int:
@@ -272,6 +290,11 @@ class CandidateView:
         table[..., first] = recent.mean(axis=1) / slo_ms
         table[..., first + 1] = oldest / slo_ms
         table[..., first + 2] = ahead / slo_ms
+        if self.layout.past_slots:
+            past = history.window()[:, -2::-1]  # newest first
+            latency = s.latency_ms[past[:, :, None], sites[:, None, :]]
+            start = first + len(HISTORY_FEATURES)
+            table[..., start:] = np.moveaxis(latency / slo_ms[..., None], 1, 2)
         np.minimum(table[..., first:], FEATURE_CAP, out=table[..., first:])
         table[..., first:] *= mask[..., None]
 

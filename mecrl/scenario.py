@@ -87,6 +87,12 @@ class ScenarioConfig:
     access sites of the last H slots and its latency from the access site of
     H - 1 slots ago: a user who lingers looks different from one passing by.
     """
+    history_per_slot: bool = False
+    """Whether every candidate also carries its latency from the user's access
+    site of each of the H - 1 slots before the current one, newest first, so
+    that a policy can read when and from where the user came, not only a
+    summary. Needs ``history_slots`` of at least 2.
+    """
     prefetch_layers: bool = False
     """Whether cold moves pull missing layers before stopping the service."""
     calibration: str | None = None
@@ -119,6 +125,11 @@ class ScenarioConfig:
             self.history_slots >= 0,
             "history_slots",
             f"must be >= 0, got {self.history_slots}",
+        )
+        check(
+            not self.history_per_slot or self.history_slots >= 2,
+            "history_per_slot",
+            f"needs history_slots >= 2, got {self.history_slots}",
         )
         check(len(self.services) > 0, "services", "must declare at least one class")
         for name, size in self.layers.items():

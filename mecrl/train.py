@@ -84,6 +84,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from mecrl.agents import make_policy
+from mecrl.agents.candidate_net import CandidateScoringPolicy
 from mecrl.agents.learned import ALGORITHMS, LearnedPolicy
 from mecrl.agents.policy import parse_policy_spec
 from mecrl.agents.vec import FleetVecEnv
@@ -176,6 +177,10 @@ class EnvConfig:
 class PolicyNetConfig:
     """Sizes of the policy (and value) networks."""
 
+    kind: Literal["mlp", "candidate_scoring"] = "mlp"
+    """``mlp``: SB3's ``MlpPolicy``; ``candidate_scoring``: every candidate
+    scored by the same weights (``mecrl.agents.candidate_net``;
+    ``maskable_ppo`` only), ``net_arch`` then sizing its shared encoder."""
     net_arch: tuple[int, ...] = (64, 64)
     """Units of each hidden layer, shared by the actor and the critic."""
     activation: Literal["default", "tanh", "relu"] = "default"
@@ -269,6 +274,12 @@ class TrainConfig:
             self,
             "hyperparameters",
             _check_hyperparameters(self.algorithm, self.hyperparameters),
+        )
+        check(
+            self.policy.kind == "mlp" or self.algorithm == "maskable_ppo",
+            "policy.kind",
+            f"{self.policy.kind!r} needs algorithm maskable_ppo, "
+            f"got {self.algorithm!r}",
         )
         rate = self.hyperparameters.get("learning_rate", 1.0)
         check(
@@ -606,7 +617,7 @@ def build_model(
         hyperparameters["learning_rate"] = LinearSchedule(float(start))
     try:
         model = cls(
-            "MlpPolicy",
+            CandidateScoringPolicy if config.policy.kind != "mlp" else "MlpPolicy",
             env,
             policy_kwargs=policy_kwargs,
             seed=config.seed,

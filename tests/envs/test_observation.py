@@ -18,6 +18,7 @@ from mecrl.envs.observation import (
     TABLE_BUDGET_MB,
     CandidateView,
     ObservationLayout,
+    past_slot_features,
 )
 from mecrl.evaluate import episode_key
 from mecrl.problem import move_terms, placement_terms
@@ -221,6 +222,65 @@ def test_history_leaves_the_static_features_unchanged() -> None:
         plain.layout.progress(a), remembering.layout.progress(b)
     )
     assert remembering.layout.size == plain.layout.size + 3 * 8
+
+
+def with_past_slots(name: str, slots: int) -> Scenario:
+    config = dataclasses.replace(
+        load_config(name), history_slots=slots, history_per_slot=True
+    )
+    return Scenario(config)
+
+
+@pytest.mark.parametrize("budget_mb", [TABLE_BUDGET_MB, 0.0])
+def test_per_slot_history_holds_each_past_access_sites_latency(
+    budget_mb: float,
+) -> None:
+    h = 4
+    scenario = with_past_slots("city-grid", h)
+    core = FleetCore(scenario, 30, coupled=False, action_space="candidates")
+    core.view = CandidateView(scenario, scenario.config.candidates, budget_mb)
+    observation = core.reset(episode_key(3))
+    layout = core.layout
+    names = (
+        "latency_over_slo_1_ago",
+        "latency_over_slo_2_ago",
+        "latency_over_slo_3_ago",
+    )
+    assert past_slot_features(3) == names
+    assert layout.features == FEATURES + HISTORY_FEATURES + names
+    seen = [core.backend.access.copy()] * h
+    rng = np.random.default_rng(6)
+    for _ in range(9):
+        slo_ms = scenario.classes.slo_ms[core.backend.cls][:, None]
+        for i, name in enumerate(names, start=1):
+            latency = scenario.latency_ms[seen[-1 - i][:, None], core.sites]
+            np.testing.assert_allclose(
+                layout.feature(observation, name),
+                np.where(core.mask, np.minimum(latency / slo_ms, FEATURE_CAP), 0.0),
+                rtol=1e-6,
+            )
+        core.step(random_actions(rng, core.mask))
+        seen.append(core.backend.access.copy())
+        observation = core.observe()
+    assert len({tuple(row) for row in np.stack(seen, 1)}) > 1  # users did move
+
+
+def test_per_slot_history_leaves_the_other_features_unchanged() -> None:
+    summary = FleetCore(with_history("city-grid", 5), 20, False, "candidates")
+    per_slot = FleetCore(with_past_slots("city-grid", 5), 20, False, "candidates")
+    a, b = summary.reset(episode_key(5)), per_slot.reset(episode_key(5))
+    for name in summary.layout.features:
+        np.testing.assert_array_equal(
+            summary.layout.feature(a, name), per_slot.layout.feature(b, name)
+        )
+    assert per_slot.layout.size == summary.layout.size + 4 * 8
+
+
+def test_per_slot_history_needs_two_slots() -> None:
+    with pytest.raises(ConfigError, match="history_per_slot: needs history_slots >= 2"):
+        dataclasses.replace(
+            load_config("city-grid"), history_slots=1, history_per_slot=True
+        )
 
 
 def test_history_slots_must_not_be_negative() -> None:

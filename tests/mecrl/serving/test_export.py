@@ -14,13 +14,14 @@ import yaml
 from mecrl import __version__
 from mecrl.agents.learned import ALGORITHMS
 from mecrl.backend import SimBackend
+from mecrl.config import from_dict
 from mecrl.datasets.paths import file_sha256
-from mecrl.envs.observation import FEATURES, HISTORY_FEATURES
+from mecrl.envs.observation import FEATURES, HISTORY_FEATURES, past_slot_features
 from mecrl.evaluate import episode_key
 from mecrl.scenario import load_config
 from mecrl.serving.bundle import load_bundle
 from mecrl.serving.export import export_run
-from mecrl.train import RunDirectory
+from mecrl.train import RunDirectory, TrainConfig, start_run, train_run
 
 TinyRun = Callable[[Path, Path, str], Path]
 
@@ -164,11 +165,12 @@ def test_export_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
         export_run(tmp_path, tmp_path / "bundle")
 
 
+@pytest.mark.parametrize("per_slot", [False, True])
 def test_a_scenario_with_history_exports_its_features_and_acts_alike(
-    tmp_path: Path, city_scenario: Path, train_tiny: TinyRun
+    tmp_path: Path, city_scenario: Path, train_tiny: TinyRun, per_slot: bool
 ) -> None:
     config = yaml.safe_load(city_scenario.read_text())
-    config.update(name="city-short-history", history_slots=3)
+    config.update(name="city-short-history", history_slots=3, history_per_slot=per_slot)
     scenario = tmp_path / "city-short-history.yaml"
     scenario.write_text(yaml.safe_dump(config))
     # DQN does not read the mask: its fallback to staying reads the features
@@ -179,7 +181,35 @@ def test_a_scenario_with_history_exports_its_features_and_acts_alike(
     action, _ = loaded.act(observation, mask)
 
     features = loaded.manifest["observation"]["features"]
-    assert features == [*FEATURES, *HISTORY_FEATURES]
+    past = list(past_slot_features(2)) if per_slot else []
+    assert features == [*FEATURES, *HISTORY_FEATURES, *past]
     assert loaded.manifest["observation"]["size"] == 8 * len(features) + 1
     np.testing.assert_array_equal(action, expected)
     assert mask[np.arange(len(action)), action].all()
+
+
+def test_a_candidate_scoring_policy_exports_and_acts_alike(
+    tmp_path: Path, city_scenario: Path
+) -> None:
+    data = {
+        "scenario": str(city_scenario),
+        "env": {"kind": "fleet", "n_services": 8, "coupled": False},
+        "total_timesteps": 512,
+        "policy": {"kind": "candidate_scoring", "net_arch": [16]},
+        "hyperparameters": {"n_steps": 32, "batch_size": 64},
+        "eval": {"freq_steps": 100_000, "services": 2, "seeds": [0]},
+        "checkpoint_freq_steps": 100_000,
+        "run_root": str(tmp_path / "runs"),
+    }
+    run = start_run(from_dict(TrainConfig, data))
+    train_run(run)
+    export_run(run.path, tmp_path / "bundle")
+
+    loaded, observation, mask, expected = recorded_episode(
+        run.path, tmp_path / "bundle"
+    )
+    action, proposed = loaded.act(observation, mask)
+
+    assert len(set(expected.tolist())) > 1  # not a policy that always stays
+    np.testing.assert_array_equal(action, expected)
+    np.testing.assert_array_equal(proposed, action)
