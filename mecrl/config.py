@@ -167,6 +167,30 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+def without_defaults(config: Any) -> Any:
+    """Return :func:`to_dict` of ``config`` leaving out fields at their defaults.
+
+    A field that a later version adds, with a default that keeps the earlier
+    behaviour, then leaves this form of existing configs unchanged.
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = {}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            factory = f.default_factory
+            if factory is not dataclasses.MISSING and value == factory():
+                continue
+            data[f.name] = without_defaults(value)
+        return data
+    if isinstance(config, tuple | list):
+        return [without_defaults(item) for item in config]
+    if isinstance(config, dict):
+        return {key: without_defaults(value) for key, value in config.items()}
+    return config
+
+
 def _join(path: str, name: str | int) -> str:
     return f"{path}.{name}" if path else str(name)
 

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 import mecrl.datasets  # noqa: F401  registers dataset-backed topologies and mobility
-from mecrl.config import ConfigError, check, from_dict, load_file, to_dict
+from mecrl.config import (
+    ConfigError,
+    check,
+    from_dict,
+    load_file,
+    to_dict,
+    without_defaults,
+)
 from mecrl.constraints import Constraints
 from mecrl.costs import CostConfig, HopCost
 from mecrl.mobility import MOBILITY, MobilitySource
@@ -172,8 +179,13 @@ class ScenarioConfig:
         return data
 
     def digest(self) -> str:
-        """Return a SHA-256 of the config's canonical JSON form."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """Return a SHA-256 of the config's canonical JSON form.
+
+        Fields at their defaults are left out: a field added later leaves
+        the digests of existing scenarios, and of the bundles and reports
+        that record them, unchanged.
+        """
+        text = json.dumps(without_defaults(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

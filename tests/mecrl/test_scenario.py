@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mecrl.config import ConfigError, from_dict
+from mecrl.config import ConfigError, from_dict, without_defaults
 from mecrl.costs import CostConfig, CostWeights, HopCost
 from mecrl.mobility import RandomWaypoint
 from mecrl.runtimes import KATA, RUNC
@@ -399,6 +399,19 @@ def test_digest_is_stable_and_tracks_every_field() -> None:
     assert digest not in digests
     assert len(digests) == len(changed)
     assert len({load_config(name).digest() for name in BUILTIN}) == len(BUILTIN)
+
+
+def test_digest_leaves_out_fields_at_their_defaults() -> None:
+    config = load_config("city-grid")
+    assert config.history_slots == 0  # the default
+
+    # a field added later with this default leaves the digest as it was
+    data = without_defaults(config)
+    assert "history_slots" not in data
+    assert "slot_s" in data
+    set_to_default = dataclasses.replace(config, history_slots=0)
+    assert set_to_default.digest() == config.digest()
+    assert dataclasses.replace(config, history_slots=3).digest() != config.digest()
 
 
 @pytest.mark.parametrize(
