@@ -94,13 +94,14 @@ class ObservationLayout:
         past = config.history_slots - 1 if config.history_per_slot else 0
         return cls(n_candidates, history=config.history_slots > 0, past_slots=past)
 
-    @property
+    @cached_property
     def features(self) -> tuple[str, ...]:
         """Per-candidate features, in order."""
+        # built once: every view of every step reads them
         history = HISTORY_FEATURES if self.history else ()
         return FEATURES + history + past_slot_features(self.past_slots)
 
-    @property
+    @cached_property
     def size(self) -> int:
         """Length of the flat observation."""
         return self.n_candidates * len(self.features) + 1

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -71,6 +71,35 @@ logger = logging.getLogger(__name__)
 
 Answer = Callable[[Any, Decisions, str, str], dict[str, object]]
 """Writes the JSON-ready answer of a request and its decisions."""
+
+
+class DecisionRoute(NamedTuple):
+    """One route that :class:`DecisionRoutes` answers."""
+
+    path: str
+    request: type[DecisionRequest] | type[ColumnarDecisionRequest]
+    response: type[BaseModel]
+    write: Answer
+    summary: str
+
+
+DECISION_ROUTES = (
+    DecisionRoute(
+        "/v1/decisions",
+        DecisionRequest,
+        DecisionResponse,
+        answer,
+        "Decide, for each service, whether to stay or to which site to move.",
+    ),
+    DecisionRoute(
+        "/v1/decisions/columns",
+        ColumnarDecisionRequest,
+        ColumnarDecisionResponse,
+        answer_columns,
+        "The same decisions for a batch sent as columns, one list per field.",
+    ),
+)
+"""The decision routes: what they parse, answer and how the schema says it."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -203,7 +232,7 @@ class Front:
         path = scope["path"]
         status, label = 500, "other"
         try:
-            if path in self.decisions.forms:
+            if path in self.decisions.routes:
                 label = path
                 status = await self._decide(scope, receive, send)
             else:
@@ -341,19 +370,14 @@ class DecisionRoutes:
             bundle.scenario, settings.max_batch, settings.max_tenants
         )
         self.metrics = metrics
-        self.forms: dict[
-            str, tuple[type[DecisionRequest] | type[ColumnarDecisionRequest], Answer]
-        ] = {
-            "/v1/decisions": (DecisionRequest, answer),
-            "/v1/decisions/columns": (ColumnarDecisionRequest, answer_columns),
-        }
+        self.routes = {route.path: route for route in DECISION_ROUTES}
 
     def answer(self, path: str, data: bytes) -> tuple[int, bytes]:
         """Return the status code and JSON body answering ``data`` at ``path``."""
-        form, write = self.forms[path]
+        route = self.routes[path]
         try:
             # pydantic parses the bytes itself: twice as fast as json.loads first
-            request = form.model_validate_json(data)
+            request = route.request.model_validate_json(data)
             result = self.decider.decide(self.mapper.state(request))
         except ValidationError as exc:
             errors = [_error_entry(entry) for entry in _in_body(exc)]
@@ -367,7 +391,9 @@ class DecisionRoutes:
             return 422, _JSON.dump_json({"detail": [entry]})
         self.metrics.count_decisions(result)
         scenario = self.bundle.scenario.config.name
-        return 200, _JSON.dump_json(write(request, result, self.bundle.name, scenario))
+        return 200, _JSON.dump_json(
+            route.write(request, result, self.bundle.name, scenario)
+        )
 
 
 class ProtocolError(ValueError):
@@ -413,23 +439,6 @@ _JSON = TypeAdapter(dict[str, Any])
 """Writes answers; pydantic's serialiser is several times faster than json's."""
 
 
-_DECISION_ROUTES = (
-    (
-        "/v1/decisions",
-        DecisionRequest,
-        DecisionResponse,
-        "Decide, for each service, whether to stay or to which site to move.",
-    ),
-    (
-        "/v1/decisions/columns",
-        ColumnarDecisionRequest,
-        ColumnarDecisionResponse,
-        "The same decisions for a batch sent as columns, one list per field.",
-    ),
-)
-"""Path, request, answer and summary of each route :class:`DecisionRoutes` serves."""
-
-
 def _add_schemas(app: FastAPI) -> None:
     """Write the OpenAPI schema: FastAPI's routes, the decision routes, the token."""
 
@@ -446,9 +455,9 @@ def _add_schemas(app: FastAPI) -> None:
                 "bearer": {"type": "http", "scheme": "bearer"}
             }
             models = components.setdefault("schemas", {})
-            for path, request, response, summary in _DECISION_ROUTES:
-                schema["paths"][path] = _decision_operation(request, response, summary)
-                for model in (request, response):
+            for route in DECISION_ROUTES:
+                schema["paths"][route.path] = _decision_operation(route)
+                for model in (route.request, route.response):
                     found = model.model_json_schema(
                         ref_template="#/components/schemas/{model}"
                     )
@@ -464,9 +473,7 @@ def _add_schemas(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _decision_operation(
-    request: type[BaseModel], response: type[BaseModel], summary: str
-) -> dict[str, Any]:
+def _decision_operation(route: DecisionRoute) -> dict[str, Any]:
     """Return the OpenAPI path item of a decision route."""
 
     def content(model: type[BaseModel]) -> dict[str, Any]:
@@ -479,13 +486,13 @@ def _decision_operation(
     }
     return {
         "post": {
-            "summary": summary,
-            "operationId": f"post_{request.__name__}",
-            "requestBody": {"required": True, "content": content(request)},
+            "summary": route.summary,
+            "operationId": f"post_{route.request.__name__}",
+            "requestBody": {"required": True, "content": content(route.request)},
             "responses": {
                 "200": {
                     "description": "a decision per service, in the request's order",
-                    "content": content(response),
+                    "content": content(route.response),
                 },
                 **{str(code): entry for code, entry in errors.items()},
             },
