@@ -62,6 +62,17 @@ def past_slot_features(n_slots: int) -> tuple[str, ...]:
     return tuple(f"latency_over_slo_{i}_ago" for i in range(1, n_slots + 1))
 
 
+def motion_features(horizons_slots: tuple[int, ...]) -> tuple[str, ...]:
+    """Return the names of the projected-motion features of ``horizons_slots``.
+
+    Feature ``latency_over_slo_in_<h>`` of a candidate is its latency, over
+    the SLO, from the access site nearest to where the user would be h slots
+    on at the velocity of its last slot; they come last, when the scenario
+    sets ``motion_horizons_slots``.
+    """
+    return tuple(f"latency_over_slo_in_{h}" for h in horizons_slots)
+
+
 HOPS_SCALE = 10.0
 """Hop counts are divided by this; policies multiply back to get integers."""
 
@@ -86,20 +97,29 @@ class ObservationLayout:
     past_slots: int = 0
     """Slots before the current one whose latency each candidate carries
     after those (see :func:`past_slot_features`)."""
+    horizons_slots: tuple[int, ...] = ()
+    """Horizons of the projected-motion features, which come last (see
+    :func:`motion_features`)."""
 
     @classmethod
     def of(cls, scenario: Scenario, n_candidates: int) -> ObservationLayout:
         """Return the layout of ``scenario``'s observations with K candidates."""
         config = scenario.config
         past = config.history_slots - 1 if config.history_per_slot else 0
-        return cls(n_candidates, history=config.history_slots > 0, past_slots=past)
+        return cls(
+            n_candidates,
+            history=config.history_slots > 0,
+            past_slots=past,
+            horizons_slots=config.motion_horizons_slots,
+        )
 
     @cached_property
     def features(self) -> tuple[str, ...]:
         """Per-candidate features, in order."""
         # built once: every view of every step reads them
         history = HISTORY_FEATURES if self.history else ()
-        return FEATURES + history + past_slot_features(self.past_slots)
+        past = past_slot_features(self.past_slots)
+        return FEATURES + history + past + motion_features(self.horizons_slots)
 
     @cached_property
     def size(self) -> int:
@@ -261,6 +281,8 @@ class CandidateView:
             observation = self._blank_observations(static.features)
         if self.layout.history:
             self._add_history(backend, sites, mask, observation)
+        if self.layout.horizons_slots:
+            self._add_motion(backend, sites, mask, observation)
         if backend.occupancy is not None:
             mask = self._admit(backend, sites, mask, observation)
         observation[:, -1] = backend.slot / self.scenario.config.episode_slots
@@ -291,13 +313,43 @@ class CandidateView:
         table[..., first] = recent.mean(axis=1) / slo_ms
         table[..., first + 1] = oldest / slo_ms
         table[..., first + 2] = ahead / slo_ms
+        start = first + len(HISTORY_FEATURES)
+        end = start + self.layout.past_slots
         if self.layout.past_slots:
             past = history.window()[:, -2::-1]  # newest first
             latency = s.latency_ms[past[:, :, None], sites[:, None, :]]
-            start = first + len(HISTORY_FEATURES)
-            table[..., start:] = np.moveaxis(latency / slo_ms[..., None], 1, 2)
-        np.minimum(table[..., first:], FEATURE_CAP, out=table[..., first:])
-        table[..., first:] *= mask[..., None]
+            table[..., start:end] = np.moveaxis(latency / slo_ms[..., None], 1, 2)
+        written = table[..., first:end]
+        np.minimum(written, FEATURE_CAP, out=written)
+        written *= mask[..., None]
+
+    def _add_motion(
+        self,
+        backend: Backend,
+        sites: np.ndarray,
+        mask: np.ndarray,
+        observation: np.ndarray,
+    ) -> None:
+        """Write the projected-motion features of allowed candidates."""
+        motion = backend.motion
+        if motion is None:
+            raise ValueError(
+                f"scenario {self.scenario.config.name!r} projects users' motion, "
+                f"but the {type(backend).__name__} records no positions"
+            )
+        s = self.scenario
+        horizons = self.layout.horizons_slots
+        # (N, W, 2) positions at every horizon, each mapped to its access site
+        projected_m = np.stack(
+            [motion.projected_m(h * s.config.slot_s) for h in horizons], axis=1
+        )
+        _, ahead = self._access_tree.query(projected_m)
+        latency = s.latency_ms[np.asarray(ahead)[:, :, None], sites[:, None, :]]
+        slo_ms = s.classes.slo_ms[backend.cls][:, None, None]
+        first = len(self.layout.features) - len(horizons)
+        table = self.layout.candidate_table(observation)
+        values = np.moveaxis(np.minimum(latency / slo_ms, FEATURE_CAP), 1, 2)
+        table[..., first:] = values * mask[..., None]
 
     @cached_property
     def _access_tree(self) -> cKDTree:

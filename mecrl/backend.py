@@ -68,6 +68,8 @@ class Backend(ABC):
     """What runs where, when services share sites; None when uncoupled."""
     history: AccessHistory | None = None
     """Recent access sites, kept when the scenario asks for history."""
+    motion: UserMotion | None = None
+    """Users' positions and velocities, kept when the scenario projects them."""
 
     @abstractmethod
     def reset(self, key: int, service_ids: np.ndarray) -> None:
@@ -99,13 +101,27 @@ class Backend(ABC):
         self.slot = 0
         slots = self.scenario.config.history_slots
         self.history = AccessHistory(self.access, slots) if slots > 0 else None
+        self.motion = None
+        if self.scenario.config.motion_horizons_slots:
+            self.motion = UserMotion.at_rest(self._positions_m())
 
     def _advance_users(self) -> None:
         """Move every user on to the next slot's access site."""
         self.access = self.mobility.advance()
         if self.history is not None:
             self.history.record(self.access)
+        if self.motion is not None:
+            self.motion = self.motion.moved_to(
+                self._positions_m(), self.scenario.config.slot_s
+            )
         self.slot += 1
+
+    def _positions_m(self) -> np.ndarray:
+        """Return the users' positions; the scenario has checked they exist."""
+        positions_m = self.mobility.positions_m
+        if positions_m is None:
+            raise RuntimeError(f"{type(self.mobility).__name__} reports no positions")
+        return positions_m
 
     def step_one(self, target: int) -> ServiceSlot:
         """:meth:`step` for a lone service, in Python scalars."""
@@ -179,6 +195,31 @@ class AccessHistory:
     def oldest(self) -> np.ndarray:
         """(N,) the access sites of H - 1 slots ago."""
         return self.sites[:, self._next]
+
+
+@dataclass(frozen=True)
+class UserMotion:
+    """Where each user is and how fast it goes, as its device reports it."""
+
+    position_m: np.ndarray
+    """(N, 2) positions in the scenario's metric frame."""
+    velocity_mps: np.ndarray
+    """(N, 2) displacement over the last slot, per second; zero at first."""
+
+    @classmethod
+    def at_rest(cls, position_m: np.ndarray) -> UserMotion:
+        """Return users at ``position_m`` with no known velocity yet."""
+        position_m = np.asarray(position_m, dtype=np.float64)
+        return cls(position_m, np.zeros_like(position_m))
+
+    def moved_to(self, position_m: np.ndarray, slot_s: float) -> UserMotion:
+        """Return the motion after one slot that ends at ``position_m``."""
+        position_m = np.asarray(position_m, dtype=np.float64)
+        return UserMotion(position_m, (position_m - self.position_m) / slot_s)
+
+    def projected_m(self, after_s: float) -> np.ndarray:
+        """Return (N, 2) positions ``after_s`` on at the current velocities."""
+        return self.position_m + after_s * self.velocity_mps
 
 
 @BACKENDS.register("simulated")

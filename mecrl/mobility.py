@@ -29,7 +29,7 @@ import math
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +84,9 @@ class MobilitySource(ABC):
         topology: The sites users attach to.
     """
 
+    reports_positions: ClassVar[bool] = False
+    """Whether :attr:`positions_m` gives the users' positions, not None."""
+
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self._key: int | None = None
@@ -94,6 +97,14 @@ class MobilitySource(ABC):
     def slot(self) -> int:
         """Slot of the sites last returned; -1 before the first reset."""
         return self._slot
+
+    @property
+    def positions_m(self) -> Points | None:
+        """``(N, 2)`` user positions of the last slot returned, or None.
+
+        A copy; None for a source that knows only access sites.
+        """
+        return None
 
     def reset(self, key: int, users: npt.ArrayLike) -> Sites:
         """Start a new run and return each user's access site at slot 0.
@@ -374,6 +385,8 @@ class _ContinuousSource(MobilitySource):
     Each user attaches to the site nearest to its position, found with a
     :class:`_SiteGrid` built once.
     """
+
+    reports_positions: ClassVar[bool] = True
 
     def __init__(self, topology: Topology, *, slot_s: float) -> None:
         super().__init__(topology)

@@ -100,6 +100,16 @@ class ScenarioConfig:
     that a policy can read when and from where the user came, not only a
     summary. Needs ``history_slots`` of at least 2.
     """
+    motion_horizons_slots: tuple[int, ...] = ()
+    """Slots ahead at which the observation projects each user (empty: none).
+
+    With horizons such as (2, 4, 8) every candidate also carries, for each
+    horizon h, its latency from the access site nearest to where the user
+    would be h slots on if it kept the velocity of its last slot. It reads
+    the user's position, which a device's GPS or the operator's location
+    service (the ETSI MEC Location API) reports, so it needs a mobility
+    source that reports positions (``random-waypoint``, ``gauss-markov``).
+    """
     prefetch_layers: bool = False
     """Whether cold moves pull missing layers before stopping the service."""
     calibration: str | None = None
@@ -137,6 +147,11 @@ class ScenarioConfig:
             not self.history_per_slot or self.history_slots >= 2,
             "history_per_slot",
             f"needs history_slots >= 2, got {self.history_slots}",
+        )
+        check(
+            all(h >= 1 for h in self.motion_horizons_slots),
+            "motion_horizons_slots",
+            f"every horizon must be >= 1, got {list(self.motion_horizons_slots)}",
         )
         check(len(self.services) > 0, "services", "must declare at least one class")
         for name, size in self.layers.items():
@@ -242,9 +257,15 @@ class Scenario:
         self.constraints = Constraints(self.sites, self.classes)
         # build the mobility source once, so a bad parameter fails here
         try:
-            self.make_mobility()
+            mobility = self.make_mobility()
         except ValueError as exc:
             raise ConfigError("mobility.params", str(exc)) from None
+        if config.motion_horizons_slots and not mobility.reports_positions:
+            raise ConfigError(
+                "motion_horizons_slots",
+                f"needs a mobility source that reports positions; "
+                f"{config.mobility.kind!r} reports only access sites",
+            )
 
     @property
     def n_sites(self) -> int:

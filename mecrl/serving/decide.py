@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mecrl.backend import AccessHistory, SimBackend
+from mecrl.backend import AccessHistory, SimBackend, UserMotion
 from mecrl.constraints import Occupancy
 from mecrl.serving.bundle import Bundle
 
@@ -60,6 +60,8 @@ class FleetState:
     history: np.ndarray | None = None
     """(N, H) access sites of each user's last H slots, oldest first and the
     current one last, when the scenario keeps ``history_slots``."""
+    motion: UserMotion | None = None
+    """Users' positions and velocities, when the scenario projects motion."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Decider:
         backend.occupancy = occupancy
         if state.history is not None:
             backend.history = AccessHistory.from_window(state.history)
+        backend.motion = state.motion
         return backend
 
     def decide(self, state: FleetState) -> Decisions:

@@ -78,6 +78,15 @@ def report(backend: SimBackend, ids: list[str]) -> dict[str, Any]:
         past = backend.history.window()[:, :-1].tolist()
         for service, recent in zip(services, past, strict=True):
             service["recent_access_sites"] = recent
+    if backend.motion is not None:
+        motion = zip(
+            backend.motion.position_m.tolist(),
+            backend.motion.velocity_mps.tolist(),
+            strict=True,
+        )
+        for service, (position_m, velocity_mps) in zip(services, motion, strict=True):
+            service["position_m"] = position_m
+            service["velocity_mps"] = velocity_mps
     return {"slot": backend.slot, "services": services, "sites": sites}
 
 

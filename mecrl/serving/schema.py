@@ -17,6 +17,10 @@ indices, or raises :class:`RequestError` naming the offending field.
 | ``services[].recent_access_sites`` | the user's access sites of the H - 1 |
 | | slots before this one, oldest first; required exactly when the |
 | | scenario keeps ``history_slots`` H, refused otherwise |
+| ``services[].position_m``, ``velocity_mps`` | the user's position [x, y] |
+| | in the scenario's metric frame and its velocity over the last slot; |
+| | required exactly when the scenario sets ``motion_horizons_slots``, |
+| | refused otherwise |
 | ``sites[].id`` | site number |
 | ``sites[].cpu_cores_used``, ``memory_mb_used`` | load, services of the request |
 | | included; a site left out is taken as full (the cloud never fills) |
@@ -42,6 +46,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mecrl.backend import UserMotion
 from mecrl.runtimes import RUNTIME_NAMES
 from mecrl.scenario import Scenario
 from mecrl.services import ServiceClassConfig
@@ -55,6 +60,7 @@ Parameters = dict[str, str | int | float | bool]
 SiteNumber = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Amount = Annotated[float, Field(ge=0.0)]
 Runtime = Literal["runc", "kata"]
+Vector = Annotated[list[float], Field(min_length=2, max_length=2)]
 Isolation = Literal["shared", "sandboxed", "dedicated"]
 
 
@@ -77,6 +83,8 @@ class ServiceReport(BaseModel):
     recent_access_sites: Annotated[list[SiteNumber], Field(max_length=1024)] | None = (
         None
     )
+    position_m: Vector | None = None
+    velocity_mps: Vector | None = None
 
 
 class SiteReport(BaseModel):
@@ -142,6 +150,8 @@ class ServiceColumns(BaseModel):
     recent_access_sites: (
         list[Annotated[list[SiteNumber], Field(max_length=1024)]] | None
     ) = None
+    position_m: list[Vector] | None = None
+    velocity_mps: list[Vector] | None = None
 
 
 class SiteColumns(BaseModel):
@@ -225,6 +235,8 @@ class _Batch:
     for columns, which give no class figures)."""
     tenants: list[str]
     recent: list[list[int] | None]
+    position: list[list[float] | None]
+    velocity: list[list[float] | None]
     site_ids: np.ndarray
     site_cpu: np.ndarray
     site_memory: np.ndarray
@@ -258,6 +270,8 @@ def _batch_of_reports(request: DecisionRequest) -> _Batch:
         ],
         tenants=[x.tenant for x in services],
         recent=[x.recent_access_sites for x in services],
+        position=[x.position_m for x in services],
+        velocity=[x.velocity_mps for x in services],
         site_ids=np.array([x.id for x in sites], dtype=np.int64),
         site_cpu=np.array([x.cpu_cores_used for x in sites], dtype=np.float64),
         site_memory=np.array([x.memory_mb_used for x in sites], dtype=np.float64),
@@ -293,6 +307,12 @@ def _batch_of_columns(request: ColumnarDecisionRequest) -> _Batch:
     recent: list[list[int] | None] = [None] * n
     if services.recent_access_sites is not None:
         recent = list(services.recent_access_sites)
+    position: list[list[float] | None] = [None] * n
+    if services.position_m is not None:
+        position = list(services.position_m)
+    velocity: list[list[float] | None] = [None] * n
+    if services.velocity_mps is not None:
+        velocity = list(services.velocity_mps)
     return _Batch(
         ids=services.id,
         current=np.array(services.current_site, dtype=np.int64),
@@ -302,6 +322,8 @@ def _batch_of_columns(request: ColumnarDecisionRequest) -> _Batch:
         classes=list(zip(names, services.runtime, services.isolation, strict=True)),
         tenants=services.tenant,
         recent=recent,
+        position=position,
+        velocity=velocity,
         site_ids=np.array(sites.id, dtype=np.int64),
         site_cpu=np.array(sites.cpu_cores_used, dtype=np.float64),
         site_memory=np.array(sites.memory_mb_used, dtype=np.float64),
@@ -394,6 +416,7 @@ class StateMapper:
             memory_used,
             n_tenants,
             self._history(batch),
+            self._motion(batch),
         )
 
     def _history(self, batch: _Batch) -> np.ndarray | None:
@@ -422,6 +445,31 @@ class StateMapper:
                 batch, "recent_access_sites", past[:, k], s.n_access, "access sites"
             )
         return np.concatenate([past, batch.access[:, None]], axis=1)
+
+    def _motion(self, batch: _Batch) -> UserMotion | None:
+        """Return each user's reported position and velocity."""
+        name = self.scenario.config.name
+        wanted = bool(self.scenario.config.motion_horizons_slots)
+        columns = {"position_m": batch.position, "velocity_mps": batch.velocity}
+        for field, column in columns.items():
+            given = [x is not None for x in column]
+            if not wanted and any(given):
+                raise RequestError(
+                    batch.loc("services", given.index(True), field),
+                    f"scenario {name!r} projects no motion; leave it out",
+                )
+            if wanted and not all(given):
+                raise RequestError(
+                    batch.loc("services", given.index(False), field),
+                    f"scenario {name!r} projects users' motion: give the user's "
+                    "position [x, y] in metres and its velocity in m/s",
+                )
+        if not wanted:
+            return None
+        return UserMotion(
+            np.array(batch.position, dtype=np.float64),
+            np.array(batch.velocity, dtype=np.float64),
+        )
 
     def _check_range(
         self, batch: _Batch, field: str, values: np.ndarray, limit: int, what: str

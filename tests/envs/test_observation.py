@@ -18,6 +18,7 @@ from mecrl.envs.observation import (
     TABLE_BUDGET_MB,
     CandidateView,
     ObservationLayout,
+    motion_features,
     past_slot_features,
 )
 from mecrl.evaluate import episode_key
@@ -307,3 +308,105 @@ def test_candidates_capacity_rules_out_have_no_features() -> None:
     table = view.layout.candidate_table(observation)
     assert not table[ruled_out].any()
     assert table[mask].any(axis=-1).all()
+
+
+def with_motion(name: str, horizons: tuple[int, ...]) -> Scenario:
+    config = dataclasses.replace(load_config(name), motion_horizons_slots=horizons)
+    return Scenario(config)
+
+
+@pytest.mark.parametrize("budget_mb", [TABLE_BUDGET_MB, 0.0])
+def test_motion_features_project_each_user_at_its_last_velocity(
+    budget_mb: float,
+) -> None:
+    horizons = (1, 4)
+    scenario = with_motion("city-grid", horizons)
+    core = FleetCore(scenario, 30, coupled=True, action_space="candidates")
+    core.view = CandidateView(scenario, scenario.config.candidates, budget_mb)
+    observation = core.reset(episode_key(3))
+    layout = core.layout
+    names = ("latency_over_slo_in_1", "latency_over_slo_in_4")
+    assert motion_features(horizons) == names
+    assert layout.features == FEATURES + names
+    slot_s = scenario.config.slot_s
+    xy_m = scenario.topology.positions_m[: scenario.n_access]
+    before_m = core.backend.mobility.positions_m
+    velocity_mps = np.zeros_like(before_m)  # unknown before the first move
+    rng = np.random.default_rng(8)
+    for _ in range(9):
+        now_m = core.backend.mobility.positions_m
+        slo_ms = scenario.classes.slo_ms[core.backend.cls]
+        for h, name in zip(horizons, names, strict=True):
+            projected_m = now_m + h * slot_s * velocity_mps
+            distance_m = np.linalg.norm(xy_m[None] - projected_m[:, None], axis=-1)
+            nearest = distance_m <= distance_m.min(axis=1, keepdims=True) + 1e-6
+            got = layout.feature(observation, name)
+            for n in range(30):
+                expected = [
+                    np.where(
+                        core.mask[n],
+                        np.minimum(
+                            scenario.latency_ms[site, core.sites[n]] / slo_ms[n],
+                            FEATURE_CAP,
+                        ),
+                        0.0,
+                    )
+                    for site in np.flatnonzero(nearest[n])
+                ]
+                assert any(np.allclose(got[n], row, rtol=1e-6) for row in expected)
+        core.step(random_actions(rng, core.mask))
+        before_m, velocity_mps = now_m, (core.backend.mobility.positions_m - now_m)
+        velocity_mps /= slot_s
+        observation = core.observe()
+    assert np.abs(velocity_mps).max() > 0.5  # users did move
+    assert not np.array_equal(before_m, core.backend.mobility.positions_m)
+
+
+def test_motion_features_at_rest_repeat_the_current_latency() -> None:
+    core = FleetCore(with_motion("city-grid", (2, 8)), 20, False, "candidates")
+    observation = core.reset(episode_key(5))
+    now = core.layout.feature(observation, "latency_over_slo")
+    for name in ("latency_over_slo_in_2", "latency_over_slo_in_8"):
+        np.testing.assert_array_equal(core.layout.feature(observation, name), now)
+
+
+def test_motion_leaves_the_other_features_unchanged() -> None:
+    plain = FleetCore(with_past_slots("city-grid", 5), 20, False, "candidates")
+    config = dataclasses.replace(
+        load_config("city-grid"),
+        history_slots=5,
+        history_per_slot=True,
+        motion_horizons_slots=(3,),
+    )
+    moving = FleetCore(Scenario(config), 20, False, "candidates")
+    a, b = plain.reset(episode_key(5)), moving.reset(episode_key(5))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        actions = random_actions(rng, plain.mask)
+        plain.step(actions)
+        moving.step(actions)
+        a, b = plain.observe(), moving.observe()
+    for name in plain.layout.features:
+        np.testing.assert_array_equal(
+            plain.layout.feature(a, name), moving.layout.feature(b, name)
+        )
+    assert moving.layout.features[-1] == "latency_over_slo_in_3"
+    assert moving.layout.size == plain.layout.size + 8
+
+
+def test_motion_needs_a_source_that_reports_positions() -> None:
+    config = dataclasses.replace(load_config("wang-1d"), motion_horizons_slots=(2,))
+    with pytest.raises(
+        ConfigError,
+        match="motion_horizons_slots: needs a mobility source that reports "
+        "positions; 'random-walk' reports only access sites",
+    ):
+        Scenario(config)
+
+
+def test_motion_horizons_must_be_positive() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"motion_horizons_slots: every horizon must be >= 1, got \[2, 0\]",
+    ):
+        dataclasses.replace(load_config("city-grid"), motion_horizons_slots=(2, 0))

@@ -15,7 +15,12 @@ from mecrl.evaluate import episode_key
 from mecrl.scenario import Scenario
 from mecrl.serving.bundle import load_bundle
 from mecrl.serving.export import export_run
-from mecrl.serving.orchestrate import report, run_in_process, run_over_http
+from mecrl.serving.orchestrate import (
+    as_columns,
+    report,
+    run_in_process,
+    run_over_http,
+)
 from mecrl.serving.process import ServerProcess
 from mecrl.train import RunDirectory
 
@@ -131,3 +136,60 @@ def report_of(scenario: Scenario, seed: int, n_services: int) -> dict[str, objec
     backend = SimBackend(scenario, coupled=True)
     backend.reset(episode_key(seed), np.arange(n_services))
     return report(backend, [f"svc-{n}" for n in range(n_services)])
+
+
+@pytest.fixture(scope="module")
+def moving(
+    tmp_path_factory: pytest.TempPathFactory,
+    city_scenario: Path,
+    train_tiny: Callable[[Path, Path, str], Path],
+) -> tuple[Path, Path]:
+    """A tiny run on city-short projecting users 1 and 3 slots on, and its bundle."""
+    config = yaml.safe_load(city_scenario.read_text())
+    config.update(name="city-short-motion", motion_horizons_slots=[1, 3])
+    root = tmp_path_factory.mktemp("motion")
+    scenario = root / "city-short-motion.yaml"
+    scenario.write_text(yaml.safe_dump(config))
+    run = train_tiny(root / "runs", scenario, "maskable_ppo")
+    export_run(run, root / "bundle")
+    return run, root / "bundle"
+
+
+def test_motion_features_are_served_from_reported_positions(
+    moving: tuple[Path, Path],
+) -> None:
+    run, path = moving
+    bundle = load_bundle(path)
+    assert bundle.scenario.config.motion_horizons_slots == (1, 3)
+    policy = RunDirectory(run).load_policy(bundle.scenario)
+    local = run_in_process(policy, bundle.view, seed=4, n_services=60)  # as _over
+    request = report_of(bundle.scenario, seed=5, n_services=3)
+    columns = as_columns(request)
+    del request["services"][2]["velocity_mps"]
+
+    with ServerProcess(path, "motion-token") as served_by:
+        served = _over(served_by, bundle.scenario)
+        with httpx.Client(base_url=served_by.url, headers=served_by.headers) as client:
+            refused = client.post("/v1/decisions", json=request)
+            by_columns = client.post("/v1/decisions/columns", json=columns)
+
+    assert served.total == local.total
+    assert served.moves == local.moves
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "services", 2, "velocity_mps"]
+    assert "projects users' motion: give the user's position" in refused.text
+    assert by_columns.status_code == 200, by_columns.text
+
+
+def test_a_scenario_without_motion_refuses_positions(
+    bundles: dict[str, Path], server: ServerProcess
+) -> None:
+    scenario = load_bundle(bundles["dqn"]).scenario
+    request = report_of(scenario, seed=5, n_services=2)
+    request["services"][1]["position_m"] = [100.0, 200.0]
+    with httpx.Client(base_url=server.url, headers=server.headers) as client:
+        refused = client.post("/v1/decisions", json=request)
+
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "services", 1, "position_m"]
+    assert "projects no motion; leave it out" in refused.text
