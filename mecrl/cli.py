@@ -106,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         "predicting the users W slots ahead would be worth)",
     )
     evaluate.add_argument(
+        "--predictive",
+        type=_int_list,
+        metavar="W1,W2,...",
+        help="also plan W slots ahead at the mean cost of futures drawn from the "
+        "mobility model and each user's position and velocity (a yardstick: "
+        "about what the best online policy costs; random-waypoint only)",
+    )
+    evaluate.add_argument(
         "--tune",
         metavar="NAME:PARAM=V1,V2,...",
         help="instead, sweep a heuristic's parameter (threshold:hops=1,2,3,4) "
@@ -268,7 +276,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_seeds(args)
     scenario = Scenario(load_config(args.scenario or DEFAULT_SCENARIO))
     names = [name.strip() for name in args.policies.split(",") if name.strip()]
-    outcomes = evaluate(scenario, args.seed, args.services, names, args.lookahead or ())
+    outcomes = evaluate(
+        scenario,
+        args.seed,
+        args.services,
+        names,
+        args.lookahead or (),
+        args.predictive or (),
+    )
     best = outcomes[HINDSIGHT].total_cost
     print(
         f"scenario {scenario.config.name}, seed {args.seed}, "
@@ -311,10 +326,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _refuse_lookahead(args: argparse.Namespace) -> None:
-    if args.lookahead:
-        raise ValueError(
-            "--lookahead plans one episode: use --seed, not --seeds or --runs"
-        )
+    for flag, given in (
+        ("--lookahead", args.lookahead),
+        ("--predictive", args.predictive),
+    ):
+        if given:
+            raise ValueError(
+                f"{flag} plans one episode: use --seed, not --seeds or --runs"
+            )
 
 
 def _tune_heuristic(args: argparse.Namespace) -> int:

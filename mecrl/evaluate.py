@@ -22,6 +22,7 @@ from mecrl.backend import SimBackend, SlotResult
 from mecrl.costs import TERM_NAMES
 from mecrl.envs.fleet import FleetCore
 from mecrl.envs.observation import ObservationLayout
+from mecrl.mobility import RandomWaypoint
 from mecrl.problem import cost_tables
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario
@@ -249,6 +250,84 @@ def run_lookahead(
     return _replay(scenario, seed, sites)
 
 
+PREDICTIVE_SAMPLES = 64
+"""Futures the model-predictive planner draws per service and slot."""
+
+_PREDICTIVE_DOMAIN = 0x9E3779B9
+"""Mixed into the episode key to seed the planner's draws."""
+
+
+def run_predictive(
+    scenario: Scenario,
+    seed: int,
+    n_services: int,
+    window: int,
+    n_samples: int = PREDICTIVE_SAMPLES,
+) -> PolicyOutcome:
+    """Run the planner that knows the mobility model (a yardstick, not a policy).
+
+    Every slot it draws ``n_samples`` futures of each user from its position
+    and velocity (see :meth:`mecrl.mobility.RandomWaypoint.sample_access`),
+    plans the ``window`` slots from this one at their mean cost, and takes
+    the plan's first step. It knows no more than an online policy told the
+    model and the users' positions could, so it estimates what the best such
+    policy costs; planning at mean costs, it never plans on learning more
+    later, so the best online cost may still lie somewhat below it.
+
+    Raises:
+        ValueError: If ``window`` < 1, or the scenario's mobility source
+            cannot draw futures.
+    """
+    if window < 1:
+        raise ValueError(f"window: must be >= 1 slot, got {window}")
+    problems = episode_problems(scenario, seed, n_services)
+    mobility, positions_m = _episode_positions(scenario, seed, n_services)
+    tables = cost_tables(scenario)
+    # its own stream: the draws must not shift the episode's users
+    rng = np.random.default_rng([episode_key(seed), _PREDICTIVE_DOMAIN])
+    slots, slot_s = problems.access.shape[1], scenario.config.slot_s
+    sites = np.empty(problems.access.shape, dtype=np.int64)
+    current = problems.initial_site.copy()
+    for t in range(slots):
+        ahead = min(window, slots - t) - 1
+        cost = np.empty((n_services, ahead + 1, scenario.n_sites))
+        cost[:, 0] = problems.slot_cost[:, t]
+        if ahead:
+            velocity_mps = (positions_m[t] - positions_m[max(t - 1, 0)]) / slot_s
+            futures = mobility.sample_access(
+                positions_m[t], velocity_mps, ahead, n_samples, rng
+            )
+            drawn = tables.placement[problems.cls[:, None, None], futures]
+            cost[:, 1:] = drawn.mean(axis=1)
+        for c in np.unique(problems.cls):
+            members = np.flatnonzero(problems.cls == c)
+            plan = hindsight_optimum(
+                cost[members], problems.migration_cost[c], current[members]
+            )
+            current[members] = plan.sites[:, 0]
+        sites[:, t] = current
+    return _replay(scenario, seed, sites)
+
+
+def _episode_positions(
+    scenario: Scenario, seed: int, n_services: int
+) -> tuple[RandomWaypoint, np.ndarray]:
+    """Return the episode's mobility source and (T, N, 2) user positions."""
+    mobility = scenario.make_mobility()
+    if not isinstance(mobility, RandomWaypoint):
+        raise ValueError(
+            f"the model-predictive planner draws futures of random-waypoint "
+            f"users; scenario {scenario.config.name!r} uses "
+            f"{scenario.config.mobility.kind!r}"
+        )
+    mobility.reset(episode_key(seed), np.arange(n_services))
+    positions_m = [mobility.positions_m]
+    for _ in range(1, scenario.config.episode_slots):
+        mobility.advance()
+        positions_m.append(mobility.positions_m)
+    return mobility, np.stack(positions_m)
+
+
 def _replay(scenario: Scenario, seed: int, sites: np.ndarray) -> PolicyOutcome:
     """Run episode ``seed`` with each service at ``sites`` (N, T); sum its costs."""
     backend = SimBackend(scenario, coupled=False)
@@ -290,16 +369,24 @@ def evaluate(
     n_services: int,
     policies: list[str],
     lookahead: Sequence[int] = (),
+    predictive: Sequence[int] = (),
 ) -> dict[str, PolicyOutcome]:
     """Run ``policies`` and the hindsight optimum on the same problems.
 
     Each window of ``lookahead`` adds the planner that foresees that many
-    slots, reported as ``lookahead-W``.
+    slots, reported as ``lookahead-W``; each of ``predictive`` the planner
+    that knows the mobility model (:func:`run_predictive`), as
+    ``predictive-W``.
     """
     outcomes = {HINDSIGHT: run_hindsight(scenario, seed, n_services)}
     for window in lookahead:
         logger.info("planning %d slots ahead on %s", window, scenario.config.name)
         outcomes[f"lookahead-{window}"] = run_lookahead(
+            scenario, seed, n_services, window
+        )
+    for window in predictive:
+        logger.info("model-predictive planning, window %d slots", window)
+        outcomes[f"predictive-{window}"] = run_predictive(
             scenario, seed, n_services, window
         )
     for name in policies:

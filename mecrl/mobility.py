@@ -529,6 +529,89 @@ class RandomWaypoint(_ContinuousSource):
             self._pause[0] = pause - 1
         return self._nearest_site(x_m, y_m)
 
+    def sample_access(
+        self,
+        position_m: Points,
+        velocity_mps: Points,
+        n_slots: int,
+        n_samples: int,
+        rng: np.random.Generator,
+    ) -> Sites:
+        """Draw access sites users could have over the next ``n_slots`` slots.
+
+        What an observer who knows this model, and each user's position and
+        velocity but not its waypoint, may expect: the trip under way goes
+        on along the heading, at the same speed, to a waypoint drawn
+        uniformly on the part of the heading's ray inside the box; later
+        trips are drawn as the model draws them. A user with no velocity
+        (the first slot, or a pause) sets off on a fresh trip. Simplified:
+        the waypoint of the trip under way is in truth likelier far than
+        near (a uniform point of the box seen along a ray from the trip's
+        start), and pauses at waypoints are not drawn.
+
+        Args:
+            position_m: ``(N, 2)`` positions now.
+            velocity_mps: ``(N, 2)`` velocities over the last slot.
+            n_slots: Slots drawn, from the next one on.
+            n_samples: Draws per user.
+            rng: Source of the draws.
+
+        Returns:
+            ``(N, n_samples, n_slots)`` access sites.
+        """
+        check_integer("n_slots", n_slots, minimum=0)
+        check_integer("n_samples", n_samples, minimum=1)
+        n = len(position_m)
+        shape = (n, n_samples)
+        at_m = np.repeat(np.asarray(position_m, np.float64)[:, None], n_samples, 1)
+        velocity = np.repeat(
+            np.asarray(velocity_mps, np.float64)[:, None], n_samples, 1
+        )
+        speed_mps = np.hypot(velocity[..., 0], velocity[..., 1])
+        moving = speed_mps > _TINY_M
+        heading = velocity / np.where(moving, speed_mps, 1.0)[..., None]
+        reach_m = np.where(moving, self._ray_length_m(at_m, heading), 0.0)
+        ahead_m = rng.random(shape) * reach_m
+        waypoint_m = np.where(
+            moving[..., None],
+            at_m + heading * ahead_m[..., None],
+            self._uniform_points(rng.random((*shape, 2))),
+        )
+        speed_range = self.speed_max_mps - self.speed_min_mps
+        speed_mps = np.where(
+            moving, speed_mps, self.speed_min_mps + rng.random(shape) * speed_range
+        )
+        sites = np.empty((*shape, n_slots), dtype=np.int64)
+        for k in range(n_slots):
+            offset_m = waypoint_m - at_m
+            remaining_m = np.hypot(offset_m[..., 0], offset_m[..., 1])
+            stride_m = speed_mps * self.slot_s
+            arrived = remaining_m <= stride_m
+            fraction = stride_m / np.maximum(remaining_m, _TINY_M)
+            at_m = np.where(
+                arrived[..., None], waypoint_m, at_m + offset_m * fraction[..., None]
+            )
+            next_m = self._uniform_points(rng.random((*shape, 2)))
+            waypoint_m = np.where(arrived[..., None], next_m, waypoint_m)
+            next_speed = self.speed_min_mps + rng.random(shape) * speed_range
+            speed_mps = np.where(arrived, next_speed, speed_mps)
+            sites[..., k] = self._nearest_sites(at_m.reshape(-1, 2)).reshape(shape)
+        return sites
+
+    def _ray_length_m(self, start_m: Points, heading: Points) -> Points:
+        """Return how far each ray runs from ``start_m`` inside the box."""
+        length_m = np.full(start_m.shape[:-1], np.inf)
+        for axis in (0, 1):
+            step = heading[..., axis]
+            low, high = self._low_m[axis], self._low_m[axis] + self._span_m[axis]
+            edge = np.where(step > 0, high, low)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                to_edge = np.where(
+                    step != 0, (edge - start_m[..., axis]) / step, np.inf
+                )
+            length_m = np.minimum(length_m, to_edge)
+        return np.maximum(length_m, 0.0)
+
     def _trips(self, draws: Points) -> tuple[Points, npt.NDArray[np.float64]]:
         """Turn three uniform draws per user into a waypoint and a speed."""
         waypoint_m = self._uniform_points(draws[:, 0:2])

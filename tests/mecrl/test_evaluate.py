@@ -18,7 +18,9 @@ from mecrl.evaluate import (
     episode_problems,
     evaluate,
     run_hindsight,
+    run_lookahead,
     run_policy,
+    run_predictive,
     tune_policy,
 )
 from mecrl.scenario import (
@@ -342,3 +344,45 @@ def test_cli_lookahead_refuses_several_seeds(
 
     assert status == 2
     assert "--lookahead plans one episode" in capsys.readouterr().err
+
+
+def test_the_model_predictive_planner_lies_between_hindsight_and_the_threshold() -> (
+    None
+):
+    scenario = load_scenario("city-grid")
+    best = run_hindsight(scenario, 3, 20).total_cost
+    planned = run_predictive(scenario, 3, 20, window=12, n_samples=16)
+    threshold = run_policy(scenario, 3, 20, "threshold", hops=3).total_cost
+
+    assert best <= planned.total_cost < threshold
+    assert planned.migrations > 0
+    again = run_predictive(scenario, 3, 20, window=12, n_samples=16)
+    assert again.total_cost == planned.total_cost  # its draws are seeded
+
+
+def test_a_one_slot_model_predictive_plan_is_the_one_slot_lookahead() -> None:
+    scenario = load_scenario("city-grid")
+    planned = run_predictive(scenario, 2, 10, window=1)
+    looked = run_lookahead(scenario, 2, 10, window=1)
+
+    np.testing.assert_allclose(planned.per_service, looked.per_service)
+
+
+def test_cli_predictive_names_a_mobility_it_cannot_draw_from(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["evaluate", "--scenario", "wang-1d", "--predictive", "4"])
+
+    assert status == 2
+    assert "draws futures of random-waypoint users; scenario 'wang-1d' uses " in (
+        capsys.readouterr().err
+    )
+
+
+def test_cli_predictive_refuses_several_seeds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["evaluate", "--seeds", "0,1", "--predictive", "3"])
+
+    assert status == 2
+    assert "--predictive plans one episode" in capsys.readouterr().err

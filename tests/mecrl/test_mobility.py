@@ -483,3 +483,38 @@ def test_bad_run_arguments_are_rejected(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         RandomWalk(HEX, move_prob=0.5).trace(key, np.asarray(users), n_slots)  # type: ignore[arg-type]
+
+
+def test_sampled_futures_go_on_along_the_heading_until_the_waypoint() -> None:
+    source = RandomWaypoint(HEX, slot_s=30.0, speed_min_mps=1.0, speed_max_mps=14.0)
+    tree = cKDTree(HEX.positions_m)
+    start_m = np.array([[0.0, 0.0]])  # the centre site; the box edge is east
+    velocity_mps = np.array([[10.0, 0.0]])  # 300 m a slot, towards it
+    reach_m = HEX.positions_m[:, 0].max()
+    sites = source.sample_access(
+        start_m, velocity_mps, 3, 2000, np.random.default_rng(1)
+    )
+
+    assert sites.shape == (1, 2000, 3)
+    straight = [tree.query(start_m[0] + [300.0 * k, 0.0])[1] for k in (1, 2, 3)]
+    # a sample turns off the heading only once it reaches its waypoint, drawn
+    # uniformly on the ray: within k slots with probability 300 k / reach_m
+    for k in range(3):
+        on_line = np.mean(sites[0, :, k] == straight[k])
+        assert on_line >= 1.0 - 300.0 * (k + 1) / reach_m - 0.04
+        assert on_line < 1.0  # some samples did reach their waypoint
+
+
+def test_sampled_futures_of_a_user_at_rest_spread_over_the_box() -> None:
+    source = RandomWaypoint(HEX, slot_s=30.0)
+    sites = source.sample_access(
+        np.zeros((2, 2)), np.zeros((2, 2)), 12, 300, np.random.default_rng(2)
+    )
+
+    assert len(np.unique(sites[:, :, -1])) > 20
+    assert sites.min() >= 0
+    assert sites.max() < HEX.n_sites
+    again = source.sample_access(
+        np.zeros((2, 2)), np.zeros((2, 2)), 12, 300, np.random.default_rng(2)
+    )
+    np.testing.assert_array_equal(sites, again)
