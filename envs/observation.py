@@ -24,7 +24,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mecrl.backend import Backend
-from mecrl.problem import cost_tables
+from mecrl.problem import cost_tables, move_terms, placement_terms
 from mecrl.scenario import Scenario
 
 FEATURES: tuple[str, ...] = (
@@ -62,6 +62,16 @@ def past_slot_features(n_slots: int) -> tuple[str, ...]:
     return tuple(f"latency_over_slo_{i}_ago" for i in range(1, n_slots + 1))
 
 
+def term_features(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the names of the cost-term features of ``terms``.
+
+    Feature ``<term>_cost`` of a candidate is that term's weighted cost there
+    (see ``ScenarioConfig.term_features``); they follow ``FEATURES``, when
+    the scenario sets ``term_features``.
+    """
+    return tuple(f"{term}_cost" for term in terms)
+
+
 def motion_features(horizons_slots: tuple[int, ...]) -> tuple[str, ...]:
     """Return the names of the projected-motion features of ``horizons_slots``.
 
@@ -92,6 +102,9 @@ class ObservationLayout:
 
     n_candidates: int
     """Candidates per observation (K)."""
+    terms: tuple[str, ...] = ()
+    """Cost terms carried on their own, after ``FEATURES`` (see
+    :func:`term_features`)."""
     history: bool = False
     """Whether each candidate also carries ``HISTORY_FEATURES``."""
     past_slots: int = 0
@@ -108,10 +121,16 @@ class ObservationLayout:
         past = config.history_slots - 1 if config.history_per_slot else 0
         return cls(
             n_candidates,
+            terms=config.term_features,
             history=config.history_slots > 0,
             past_slots=past,
             horizons_slots=config.motion_horizons_slots,
         )
+
+    @cached_property
+    def static_features(self) -> tuple[str, ...]:
+        """The features fixed by class, access site and current site."""
+        return FEATURES + term_features(self.terms)
 
     @cached_property
     def features(self) -> tuple[str, ...]:
@@ -119,7 +138,8 @@ class ObservationLayout:
         # built once: every view of every step reads them
         history = HISTORY_FEATURES if self.history else ()
         past = past_slot_features(self.past_slots)
-        return FEATURES + history + past + motion_features(self.horizons_slots)
+        motion = motion_features(self.horizons_slots)
+        return self.static_features + history + past + motion
 
     @cached_property
     def size(self) -> int:
@@ -181,7 +201,8 @@ class CandidateView:
         # enough nearest sites that K - 1 allowed ones are usually among them
         self._pool = min(scenario.n_sites, 3 * k)
         rows = scenario.classes.n_classes * scenario.n_access * scenario.n_sites
-        self.tabulated = rows * k * (len(FEATURES) * 4 + 9) / 2**20 <= table_budget_mb
+        width = len(self.layout.static_features)
+        self.tabulated = rows * k * (width * 4 + 9) / 2**20 <= table_budget_mb
 
     @cached_property
     def _tables(self) -> StaticView:
@@ -241,11 +262,26 @@ class CandidateView:
             hops[a, sites] / HOPS_SCALE,
             hops[here, sites] / HOPS_SCALE,
             sites == a,
+            *self._term_columns(c, a, here, sites),
         )
         table = np.stack(columns, axis=-1, dtype=np.float32)
         table[~mask] = 0.0
         np.clip(table, 0.0, FEATURE_CAP, out=table)
         return table.reshape(sites.shape[0], -1)
+
+    def _term_columns(
+        self, c: np.ndarray, a: np.ndarray, here: np.ndarray, sites: np.ndarray
+    ) -> list[np.ndarray]:
+        """Return the weighted cost of each term of ``layout.terms`` per candidate."""
+        if not self.layout.terms:
+            return []
+        s = self.scenario
+        terms = {
+            **placement_terms(s, c, a, sites),
+            **move_terms(s, c, here, sites),
+        }
+        weights = s.config.costs.weights
+        return [getattr(weights, term) * terms[term] for term in self.layout.terms]
 
     @cached_property
     def _observation_table(self) -> np.ndarray:
@@ -256,7 +292,8 @@ class CandidateView:
         """Observations holding the static ``features``, zero elsewhere."""
         observation = np.zeros((features.shape[0], self.layout.size), np.float32)
         table = self.layout.candidate_table(observation)
-        table[..., : len(FEATURES)] = features.reshape(*table.shape[:-1], -1)
+        width = len(self.layout.static_features)
+        table[..., :width] = features.reshape(*table.shape[:-1], -1)
         return observation
 
     def view(self, backend: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -309,7 +346,7 @@ class CandidateView:
         projected = self._ahead(backend.access, history.oldest)
         ahead = s.latency_ms[projected[:, None], sites]
         table = self.layout.candidate_table(observation)
-        first = len(FEATURES)
+        first = len(self.layout.static_features)
         table[..., first] = recent.mean(axis=1) / slo_ms
         table[..., first + 1] = oldest / slo_ms
         table[..., first + 2] = ahead / slo_ms

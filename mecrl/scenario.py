@@ -34,7 +34,7 @@ from mecrl.config import (
     without_defaults,
 )
 from mecrl.constraints import Constraints
-from mecrl.costs import CostConfig, HopCost
+from mecrl.costs import TERM_NAMES, CostConfig, HopCost
 from mecrl.mobility import MOBILITY, MobilitySource
 from mecrl.network import TOPOLOGIES, CloudLink, Network, Topology
 from mecrl.registry import Registry
@@ -100,6 +100,15 @@ class ScenarioConfig:
     that a policy can read when and from where the user came, not only a
     summary. Needs ``history_slots`` of at least 2.
     """
+    term_features: tuple[str, ...] = ()
+    """Cost terms every candidate also carries, each on its own (empty: none).
+
+    Feature ``<term>_cost`` of a candidate is the term's weighted cost for
+    one slot there (a placement term, such as ``co_residency``, counted
+    with the site's background tenants only) or for the move there (a move
+    term, such as ``zone_crossing``). The observation always carries their
+    sum, as ``log1p_cost``; apart, a policy need not untangle them.
+    """
     motion_horizons_slots: tuple[int, ...] = ()
     """Slots ahead at which the observation projects each user (empty: none).
 
@@ -147,6 +156,17 @@ class ScenarioConfig:
             not self.history_per_slot or self.history_slots >= 2,
             "history_per_slot",
             f"needs history_slots >= 2, got {self.history_slots}",
+        )
+        for term in self.term_features:
+            check(
+                term in TERM_NAMES,
+                "term_features",
+                f"unknown cost term {term!r}; terms are {', '.join(TERM_NAMES)}",
+            )
+        check(
+            len(set(self.term_features)) == len(self.term_features),
+            "term_features",
+            f"names a term twice: {list(self.term_features)}",
         )
         check(
             all(h >= 1 for h in self.motion_horizons_slots),

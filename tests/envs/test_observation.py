@@ -20,6 +20,7 @@ from mecrl.envs.observation import (
     ObservationLayout,
     motion_features,
     past_slot_features,
+    term_features,
 )
 from mecrl.evaluate import episode_key
 from mecrl.problem import move_terms, placement_terms
@@ -410,3 +411,47 @@ def test_motion_horizons_must_be_positive() -> None:
         match=r"motion_horizons_slots: every horizon must be >= 1, got \[2, 0\]",
     ):
         dataclasses.replace(load_config("city-grid"), motion_horizons_slots=(2, 0))
+
+
+@pytest.mark.parametrize("budget_mb", [TABLE_BUDGET_MB, 0.0])
+def test_term_features_hold_each_terms_weighted_cost_at_the_candidate(
+    budget_mb: float,
+) -> None:
+    terms = ("co_residency", "zone_crossing", "downtime")
+    config = dataclasses.replace(load_config("city-grid"), term_features=terms)
+    scenario = Scenario(config)
+    core = FleetCore(scenario, 40, coupled=False, action_space="candidates")
+    core.view = CandidateView(scenario, scenario.config.candidates, budget_mb)
+    observation = core.reset(episode_key(6))
+    layout = core.layout
+    assert term_features(terms) == (
+        "co_residency_cost",
+        "zone_crossing_cost",
+        "downtime_cost",
+    )
+    assert layout.features == FEATURES + term_features(terms)
+    weights = config.costs.weights
+    rng = np.random.default_rng(2)
+    seen = {term: 0.0 for term in terms}
+    for _ in range(4):
+        backend = core.backend
+        cls, here = backend.cls[:, None], backend.site[:, None]
+        placement = placement_terms(scenario, cls, backend.access[:, None], core.sites)
+        moves = move_terms(scenario, cls, here, core.sites)
+        for term in terms:
+            raw = placement[term] if term in placement else moves[term]
+            expected = np.where(core.mask, getattr(weights, term) * raw, 0.0)
+            got = layout.feature(observation, f"{term}_cost")
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+            seen[term] += float(got.sum())
+        core.step(random_actions(rng, core.mask))
+        observation = core.observe()
+    assert all(total > 0 for total in seen.values())  # every term showed up
+
+
+def test_term_features_reject_an_unknown_or_repeated_term() -> None:
+    config = load_config("city-grid")
+    with pytest.raises(ConfigError, match="term_features: unknown cost term 'latency'"):
+        dataclasses.replace(config, term_features=("latency",))
+    with pytest.raises(ConfigError, match="term_features: names a term twice"):
+        dataclasses.replace(config, term_features=("downtime", "downtime"))
