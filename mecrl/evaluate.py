@@ -289,16 +289,17 @@ def run_predictive(
     sites = np.empty(problems.access.shape, dtype=np.int64)
     current = problems.initial_site.copy()
     for t in range(slots):
+        # this slot's costs are known; those of the slots after it are means
+        # over the drawn futures
         ahead = min(window, slots - t) - 1
-        cost = np.empty((n_services, ahead + 1, scenario.n_sites))
-        cost[:, 0] = problems.slot_cost[:, t]
-        if ahead:
-            velocity_mps = (positions_m[t] - positions_m[max(t - 1, 0)]) / slot_s
-            futures = mobility.sample_access(
-                positions_m[t], velocity_mps, ahead, n_samples, rng
-            )
-            drawn = tables.placement[problems.cls[:, None, None], futures]
-            cost[:, 1:] = drawn.mean(axis=1)
+        velocity_mps = (positions_m[t] - positions_m[max(t - 1, 0)]) / slot_s
+        futures = mobility.sample_access(
+            positions_m[t], velocity_mps, ahead, n_samples, rng
+        )
+        expected = tables.placement[problems.cls[:, None, None], futures]
+        cost = np.concatenate(
+            [problems.slot_cost[:, t, None], expected.mean(axis=1)], axis=1
+        )
         for c in np.unique(problems.cls):
             members = np.flatnonzero(problems.cls == c)
             plan = hindsight_optimum(
