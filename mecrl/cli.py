@@ -272,7 +272,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.tune:
         return _tune_heuristic(args)
     if args.runs or args.seeds:
-        _refuse_lookahead(args)
         return _evaluate_seeds(args)
     scenario = Scenario(load_config(args.scenario or DEFAULT_SCENARIO))
     names = [name.strip() for name in args.policies.split(",") if name.strip()]
@@ -325,15 +324,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_lookahead(args: argparse.Namespace) -> None:
+def _refuse_planners(args: argparse.Namespace) -> None:
     for flag, given in (
         ("--lookahead", args.lookahead),
         ("--predictive", args.predictive),
     ):
         if given:
-            raise ValueError(
-                f"{flag} plans one episode: use --seed, not --seeds or --runs"
-            )
+            raise ValueError(f"{flag} adds a yardstick, not a heuristic to tune")
 
 
 def _tune_heuristic(args: argparse.Namespace) -> int:
@@ -341,7 +338,7 @@ def _tune_heuristic(args: argparse.Namespace) -> int:
 
     if args.runs:
         raise ValueError("--tune sweeps a heuristic, not trained runs; drop --runs")
-    _refuse_lookahead(args)
+    _refuse_planners(args)
     scenario = Scenario(load_config(args.scenario or DEFAULT_SCENARIO))
     seeds = args.seeds or [args.seed]
     tuning = tune_policy(scenario, seeds, args.services, args.tune)
@@ -361,8 +358,9 @@ def _tune_heuristic(args: argparse.Namespace) -> int:
 
 def _evaluate_seeds(args: argparse.Namespace) -> int:
     from mecrl.agents.policy import Policy, make_policy
-    from mecrl.evaluate import evaluate_seeds, policy_context
+    from mecrl.evaluate import evaluate_seeds, policy_context, yardsticks
 
+    planners = yardsticks(args.lookahead or (), args.predictive or ())
     runs = _open_runs(args.runs or [])
     if args.scenario is not None:
         scenario = Scenario(load_config(args.scenario))
@@ -379,7 +377,7 @@ def _evaluate_seeds(args: argparse.Namespace) -> int:
     labels = _run_labels(runs)
     for label, run in zip(labels, runs, strict=True):
         policies[label] = run.load_policy(scenario)
-    report = evaluate_seeds(scenario, seeds, args.services, policies)
+    report = evaluate_seeds(scenario, seeds, args.services, policies, planners)
     _print_seeds_report(report, scenario, learned=set(labels))
     if args.json:
         document = report.to_dict()

@@ -8,9 +8,10 @@ the floor; each policy's total cost is reported as a ratio to it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,6 +365,47 @@ class _Accumulator:
         )
 
 
+Planner = Callable[[Scenario, int, int], PolicyOutcome]
+"""A yardstick planner: (scenario, seed, services) to its outcome."""
+
+
+def yardsticks(
+    lookahead: Sequence[int] = (), predictive: Sequence[int] = ()
+) -> dict[str, Planner]:
+    """Return the yardstick planners of these windows by report name.
+
+    Each window of ``lookahead`` gives the planner that foresees that many
+    slots (:func:`run_lookahead`), named ``lookahead-W``; each of
+    ``predictive`` the planner that knows the mobility model
+    (:func:`run_predictive`), named ``predictive-W``.
+
+    Raises:
+        ValueError: If a window is below 1 slot.
+    """
+    planners: dict[str, Planner] = {}
+    for flag, windows, run in (
+        ("lookahead", lookahead, run_lookahead),
+        ("predictive", predictive, run_predictive),
+    ):
+        for window in windows:
+            if window < 1:
+                raise ValueError(f"{flag}: windows must be >= 1 slot, got {window}")
+            planners[f"{flag}-{window}"] = functools.partial(_plan, run, window=window)
+    return planners
+
+
+def _plan(
+    run: Callable[..., PolicyOutcome],
+    scenario: Scenario,
+    seed: int,
+    n_services: int,
+    window: int,
+) -> PolicyOutcome:
+    """Run the planner ``run`` with its window; log which."""
+    logger.info("%s, window %d slots, seed %d", run.__name__, window, seed)
+    return run(scenario, seed, n_services, window)
+
+
 def evaluate(
     scenario: Scenario,
     seed: int,
@@ -374,22 +416,12 @@ def evaluate(
 ) -> dict[str, PolicyOutcome]:
     """Run ``policies`` and the hindsight optimum on the same problems.
 
-    Each window of ``lookahead`` adds the planner that foresees that many
-    slots, reported as ``lookahead-W``; each of ``predictive`` the planner
-    that knows the mobility model (:func:`run_predictive`), as
-    ``predictive-W``.
+    The planners of ``lookahead`` and ``predictive`` (see :func:`yardsticks`)
+    come after the optimum, before the policies.
     """
     outcomes = {HINDSIGHT: run_hindsight(scenario, seed, n_services)}
-    for window in lookahead:
-        logger.info("planning %d slots ahead on %s", window, scenario.config.name)
-        outcomes[f"lookahead-{window}"] = run_lookahead(
-            scenario, seed, n_services, window
-        )
-    for window in predictive:
-        logger.info("model-predictive planning, window %d slots", window)
-        outcomes[f"predictive-{window}"] = run_predictive(
-            scenario, seed, n_services, window
-        )
+    for name, plan in yardsticks(lookahead, predictive).items():
+        outcomes[name] = plan(scenario, seed, n_services)
     for name in policies:
         if name == HINDSIGHT:
             continue
@@ -505,6 +537,7 @@ def evaluate_seeds(
     seeds: Sequence[int],
     n_services: int,
     policies: dict[str, Policy],
+    planners: Mapping[str, Planner] | None = None,
 ) -> SeedsReport:
     """Run built policies and the hindsight optimum on several episodes.
 
@@ -513,20 +546,28 @@ def evaluate_seeds(
         seeds: Episode seeds.
         n_services: Services 0..n_services-1 of each episode.
         policies: Policies by report name, built for :func:`policy_context`.
+        planners: Yardstick planners by report name (see :func:`yardsticks`),
+            reported after the optimum.
 
     Raises:
-        ValueError: If ``seeds`` is empty or a policy is named ``hindsight``.
+        ValueError: If ``seeds`` is empty, a policy is named ``hindsight``,
+            or a policy and a planner share a name.
     """
     if not seeds:
         raise ValueError("seeds must name at least one episode seed")
     if HINDSIGHT in policies:
         raise ValueError(f"{HINDSIGHT!r} names the optimum; give the policy another")
+    clashes = sorted(set(policies) & set(planners or {}))
+    if clashes:
+        raise ValueError(f"{clashes} name both a policy and a planner")
     report = SeedsReport(
         scenario.config.name,
         tuple(seeds),
         n_services,
         {HINDSIGHT: [run_hindsight(scenario, seed, n_services) for seed in seeds]},
     )
+    for name, plan in (planners or {}).items():
+        report.outcomes[name] = [plan(scenario, seed, n_services) for seed in seeds]
     for name, policy in policies.items():
         logger.info("evaluating %s on %s, seeds %s", name, scenario.config.name, seeds)
         outcomes, masked = [], []

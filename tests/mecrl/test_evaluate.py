@@ -337,13 +337,47 @@ def test_cli_lookahead_rows_bracket_the_policies(
     assert float(rows["lookahead-1"][2]) > 1.0
 
 
-def test_cli_lookahead_refuses_several_seeds(
-    capsys: pytest.CaptureFixture[str],
+def test_cli_yardsticks_over_seeds_come_with_intervals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main(["evaluate", "--seeds", "0,1", "--lookahead", "3"])
+    path = tmp_path / "report.json"
+    argv = ["evaluate", "--scenario", "wang-1d", "--services", "6", "--seeds", "0,1"]
+    status = main(
+        [*argv, "--lookahead", "1,200", "--policies", "never", "--json", str(path)]
+    )
+
+    assert status == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:-1]]
+    assert names == ["hindsight", "lookahead-1", "lookahead-200", "never"]
+    policies = json.loads(path.read_text())["policies"]
+    whole = policies["lookahead-200"]["per_seed"]
+    best = policies["hindsight"]["per_seed"]
+    # foreseeing the whole episode is the optimum, seed by seed
+    assert [s["total_cost"] for s in whole] == [s["total_cost"] for s in best]
+    assert policies["lookahead-1"]["ratio_to_hindsight"]["mean"] > 1.0
+    assert policies["lookahead-1"]["ratio_to_hindsight"]["ci95"] is not None
+
+
+@pytest.mark.parametrize("flag", ["--lookahead", "--predictive"])
+def test_cli_tuning_refuses_a_yardstick(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["evaluate", "--tune", "threshold:hops=1,2", flag, "3"])
 
     assert status == 2
-    assert "--lookahead plans one episode" in capsys.readouterr().err
+    assert f"{flag} adds a yardstick, not a heuristic to tune" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("flag", ["--lookahead", "--predictive"])
+def test_cli_yardstick_window_below_one_slot_fails_before_any_run(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["evaluate", "--seeds", "0,1", flag, "0"])
+
+    assert status == 2
+    assert f"{flag[2:]}: windows must be >= 1 slot, got 0" in capsys.readouterr().err
 
 
 def test_the_model_predictive_planner_lies_between_hindsight_and_the_threshold() -> (
@@ -377,12 +411,3 @@ def test_cli_predictive_names_a_mobility_it_cannot_draw_from(
     assert "draws futures of random-waypoint users; scenario 'wang-1d' uses " in (
         capsys.readouterr().err
     )
-
-
-def test_cli_predictive_refuses_several_seeds(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    status = main(["evaluate", "--seeds", "0,1", "--predictive", "3"])
-
-    assert status == 2
-    assert "--predictive plans one episode" in capsys.readouterr().err
