@@ -24,6 +24,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mecrl.backend import Backend
+from mecrl.planning import FuturePlanner
 from mecrl.problem import cost_tables, move_terms, placement_terms
 from mecrl.scenario import Scenario
 
@@ -72,13 +73,20 @@ def term_features(terms: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{term}_cost" for term in terms)
 
 
+PLAN_FEATURES: tuple[str, ...] = ("plan_regret", "plan_best")
+"""Per-candidate features of the planner over drawn futures, last of all,
+when the scenario sets ``plan_window_slots``: how much more the cheapest
+plan through the candidate costs than the cheapest of all (reward units),
+and 1 at the candidate the cheapest plan starts with."""
+
+
 def motion_features(horizons_slots: tuple[int, ...]) -> tuple[str, ...]:
     """Return the names of the projected-motion features of ``horizons_slots``.
 
     Feature ``latency_over_slo_in_<h>`` of a candidate is its latency, over
     the SLO, from the access site nearest to where the user would be h slots
-    on at the velocity of its last slot; they come last, when the scenario
-    sets ``motion_horizons_slots``.
+    on at the velocity of its last slot; they follow the history features,
+    when the scenario sets ``motion_horizons_slots``.
     """
     return tuple(f"latency_over_slo_in_{h}" for h in horizons_slots)
 
@@ -111,8 +119,10 @@ class ObservationLayout:
     """Slots before the current one whose latency each candidate carries
     after those (see :func:`past_slot_features`)."""
     horizons_slots: tuple[int, ...] = ()
-    """Horizons of the projected-motion features, which come last (see
+    """Horizons of the projected-motion features (see
     :func:`motion_features`)."""
+    plan: bool = False
+    """Whether each candidate also carries ``PLAN_FEATURES``, last."""
 
     @classmethod
     def of(cls, scenario: Scenario, n_candidates: int) -> ObservationLayout:
@@ -125,6 +135,7 @@ class ObservationLayout:
             history=config.history_slots > 0,
             past_slots=past,
             horizons_slots=config.motion_horizons_slots,
+            plan=config.plan_window_slots > 0,
         )
 
     @cached_property
@@ -139,7 +150,8 @@ class ObservationLayout:
         history = HISTORY_FEATURES if self.history else ()
         past = past_slot_features(self.past_slots)
         motion = motion_features(self.horizons_slots)
-        return self.static_features + history + past + motion
+        plan = PLAN_FEATURES if self.plan else ()
+        return self.static_features + history + past + motion + plan
 
     @cached_property
     def size(self) -> int:
@@ -320,6 +332,8 @@ class CandidateView:
             self._add_history(backend, sites, mask, observation)
         if self.layout.horizons_slots:
             self._add_motion(backend, sites, mask, observation)
+        if self.layout.plan:
+            self._add_plan(backend, sites, mask, observation)
         if backend.occupancy is not None:
             mask = self._admit(backend, sites, mask, observation)
         observation[:, -1] = backend.slot / self.scenario.config.episode_slots
@@ -383,10 +397,47 @@ class CandidateView:
         _, ahead = self._access_tree.query(projected_m)
         latency = s.latency_ms[np.asarray(ahead)[:, :, None], sites[:, None, :]]
         slo_ms = s.classes.slo_ms[backend.cls][:, None, None]
-        first = len(self.layout.features) - len(horizons)
+        first = self.layout.features.index(motion_features(horizons)[0])
         table = self.layout.candidate_table(observation)
         values = np.moveaxis(np.minimum(latency / slo_ms, FEATURE_CAP), 1, 2)
-        table[..., first:] = values * mask[..., None]
+        table[..., first : first + len(horizons)] = values * mask[..., None]
+
+    def _add_plan(
+        self,
+        backend: Backend,
+        sites: np.ndarray,
+        mask: np.ndarray,
+        observation: np.ndarray,
+    ) -> None:
+        """Write the planner's verdict on every allowed candidate."""
+        motion = backend.motion
+        if motion is None:
+            raise ValueError(
+                f"scenario {self.scenario.config.name!r} plans over drawn "
+                f"futures, but the {type(backend).__name__} records no positions"
+            )
+        costs = self._planner.first_step_costs(
+            backend.cls,
+            backend.access,
+            backend.site,
+            backend.slot,
+            motion.position_m,
+            motion.velocity_mps,
+        )
+        planned = np.where(mask, np.take_along_axis(costs, sites, axis=1), np.inf)
+        regret = planned - planned.min(axis=1, keepdims=True)
+        table = self.layout.candidate_table(observation)
+        first = self.layout.features.index(PLAN_FEATURES[0])
+        table[..., first] = np.where(mask, np.minimum(regret, FEATURE_CAP), 0.0)
+        table[..., first + 1] = mask & (regret == 0.0)
+
+    @cached_property
+    def _planner(self) -> FuturePlanner:
+        """The planner over drawn futures of the scenario's users."""
+        config = self.scenario.config
+        return FuturePlanner(
+            self.scenario, config.plan_window_slots, config.plan_futures
+        )
 
     @cached_property
     def _access_tree(self) -> cKDTree:

@@ -102,7 +102,7 @@ class Backend(ABC):
         slots = self.scenario.config.history_slots
         self.history = AccessHistory(self.access, slots) if slots > 0 else None
         self.motion = None
-        if self.scenario.config.motion_horizons_slots:
+        if self.scenario.config.tracks_motion:
             self.motion = UserMotion.at_rest(self._positions_m())
 
     def _advance_users(self) -> None:

@@ -24,6 +24,7 @@ from mecrl.costs import TERM_NAMES
 from mecrl.envs.fleet import FleetCore
 from mecrl.envs.observation import ObservationLayout
 from mecrl.mobility import RandomWaypoint
+from mecrl.planning import mean_placement_costs
 from mecrl.problem import cost_tables
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario
@@ -297,10 +298,8 @@ def run_predictive(
         futures = mobility.sample_access(
             positions_m[t], velocity_mps, ahead, n_samples, rng
         )
-        expected = tables.placement[problems.cls[:, None, None], futures]
-        cost = np.concatenate(
-            [problems.slot_cost[:, t, None], expected.mean(axis=1)], axis=1
-        )
+        expected = mean_placement_costs(tables.placement, problems.cls, futures)
+        cost = np.concatenate([problems.slot_cost[:, t, None], expected], axis=1)
         for c in np.unique(problems.cls):
             members = np.flatnonzero(problems.cls == c)
             plan = hindsight_optimum(

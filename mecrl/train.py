@@ -88,10 +88,12 @@ from mecrl.agents.candidate_net import CandidateScoringPolicy
 from mecrl.agents.learned import ALGORITHMS, LearnedPolicy
 from mecrl.agents.policy import parse_policy_spec
 from mecrl.agents.vec import FleetVecEnv
+from mecrl.clone import clone, planner_demonstrations
 from mecrl.config import (
     ConfigError,
     check,
     check_integer,
+    check_positive,
     from_dict,
     is_number,
     load_file,
@@ -116,6 +118,10 @@ logger = logging.getLogger(__name__)
 TRAIN_SEED_OFFSET = 1_000_000
 """Added to the config's seed for training episodes; evaluation seeds are
 small integers, so training never sees an evaluation episode."""
+
+CLONE_SEED_OFFSET = 2_000_000
+"""Added to the config's seed for the episodes that the planner is cloned
+from, apart from the evaluation and the training episodes."""
 
 TB_LOG_NAME = "run"
 """SB3 writes TensorBoard events under ``tb/run_1``."""
@@ -220,6 +226,30 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CloneConfig:
+    """Cloning the planner before reinforcement learning (see ``mecrl.clone``)."""
+
+    episodes: int = 0
+    """Episodes followed with the planner's choice (0: no cloning). The
+    scenario must set ``plan_window_slots``."""
+    services: int = 64
+    """Services per episode."""
+    epochs: int = 6
+    """Passes over the demonstrations."""
+    batch_size: int = 1024
+    """Demonstrations per gradient step."""
+    learning_rate: float = 1e-3
+    """Adam's step size while cloning."""
+
+    def __post_init__(self) -> None:
+        check_integer("episodes", self.episodes, minimum=0)
+        check_integer("services", self.services, minimum=1)
+        check_integer("epochs", self.epochs, minimum=1)
+        check_integer("batch_size", self.batch_size, minimum=1)
+        check_positive("learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run."""
 
@@ -245,6 +275,8 @@ class TrainConfig:
     """Network sizes."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation during training."""
+    clone_planner: CloneConfig = field(default_factory=CloneConfig)
+    """Cloning the planner first (``maskable_ppo`` only)."""
     checkpoint_freq_steps: int = 100_000
     """Timesteps between periodic checkpoints."""
     torch_threads: int = 1
@@ -280,6 +312,11 @@ class TrainConfig:
             "policy.kind",
             f"{self.policy.kind!r} needs algorithm maskable_ppo, "
             f"got {self.algorithm!r}",
+        )
+        check(
+            self.clone_planner.episodes == 0 or self.algorithm == "maskable_ppo",
+            "clone_planner.episodes",
+            f"cloning needs algorithm maskable_ppo, got {self.algorithm!r}",
         )
         rate = self.hyperparameters.get("learning_rate", 1.0)
         check(
@@ -436,6 +473,11 @@ class RunDirectory:
         return self.path / "evaluations.csv"
 
     @property
+    def clone_file(self) -> Path:
+        """How the policy fitted the planner's choices, epoch by epoch."""
+        return self.path / "clone.csv"
+
+    @property
     def baselines_file(self) -> Path:
         """Baselines and optimum on the evaluation episodes."""
         return self.path / "baselines.json"
@@ -533,6 +575,12 @@ def start_run(config: TrainConfig) -> RunDirectory:
     except (KeyError, FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ConfigError("scenario", message) from None
+    check(
+        config.clone_planner.episodes == 0 or scenario.plan_window_slots > 0,
+        "clone_planner.episodes",
+        f"cloning needs a scenario that sets plan_window_slots; "
+        f"{scenario.name!r} does not",
+    )
     resolved = dataclasses.replace(
         config,
         hyperparameters={"gamma": scenario.discount, **config.hyperparameters},
@@ -706,6 +754,8 @@ def train_run(run: RunDirectory, progress_bar: bool = False) -> TrainResult:
             model.load_replay_buffer(run.replay_buffer_file)  # type: ignore[attr-defined]
     else:
         model = build_model(config, env, run.tensorboard_dir)
+        if config.clone_planner.episodes:
+            _clone_planner(model, run, config, scenario)
     env.seed(config.seed + TRAIN_SEED_OFFSET + model.num_timesteps)
 
     start_steps, start_s = model.num_timesteps, time.perf_counter()
@@ -725,6 +775,31 @@ def train_run(run: RunDirectory, progress_bar: bool = False) -> TrainResult:
         session_steps_per_s=(model.num_timesteps - start_steps) / max(elapsed_s, 1e-9),
         best=min(rows, key=lambda row: row["total_cost"]) if rows else None,
     )
+
+
+def _clone_planner(
+    model: BaseAlgorithm, run: RunDirectory, config: TrainConfig, scenario: Scenario
+) -> None:
+    """Fit a fresh model to the planner's choices; record the fit in the run."""
+    settings = config.clone_planner
+    first = config.seed + CLONE_SEED_OFFSET
+    seeds = range(first, first + settings.episodes)
+    gamma = float(config.hyperparameters["gamma"])
+    logger.info("following the planner through %d episodes", settings.episodes)
+    demonstrations = planner_demonstrations(scenario, settings.services, seeds, gamma)
+    epochs = clone(
+        model,  # type: ignore[arg-type]  # only maskable_ppo passes the config
+        demonstrations,
+        settings.epochs,
+        settings.batch_size,
+        settings.learning_rate,
+        config.seed,
+    )
+    with run.clone_file.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "nll", "value_mse"])
+        for i, epoch in enumerate(epochs):
+            writer.writerow([i, epoch.nll, epoch.value_mse])
 
 
 def _learn(

@@ -19,8 +19,8 @@ indices, or raises :class:`RequestError` naming the offending field.
 | | scenario keeps ``history_slots`` H, refused otherwise |
 | ``services[].position_m``, ``velocity_mps`` | the user's position [x, y] |
 | | in the scenario's metric frame and its velocity over the last slot; |
-| | required exactly when the scenario sets ``motion_horizons_slots``, |
-| | refused otherwise |
+| | required exactly when the scenario sets ``motion_horizons_slots`` or |
+| | ``plan_window_slots``, refused otherwise |
 | ``sites[].id`` | site number |
 | ``sites[].cpu_cores_used``, ``memory_mb_used`` | load, services of the request |
 | | included; a site left out is taken as full (the cloud never fills) |
@@ -449,7 +449,7 @@ class StateMapper:
     def _motion(self, batch: _Batch) -> UserMotion | None:
         """Return each user's reported position and velocity."""
         name = self.scenario.config.name
-        wanted = bool(self.scenario.config.motion_horizons_slots)
+        wanted = self.scenario.config.tracks_motion
         columns = {"position_m": batch.position, "velocity_mps": batch.velocity}
         for field, column in columns.items():
             given = [x is not None for x in column]

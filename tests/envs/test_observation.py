@@ -23,7 +23,7 @@ from mecrl.envs.observation import (
     term_features,
 )
 from mecrl.evaluate import episode_key
-from mecrl.problem import move_terms, placement_terms
+from mecrl.problem import cost_tables, move_terms, placement_terms
 from mecrl.scenario import Scenario, load_config, load_scenario
 
 
@@ -455,3 +455,82 @@ def test_term_features_reject_an_unknown_or_repeated_term() -> None:
         dataclasses.replace(config, term_features=("latency",))
     with pytest.raises(ConfigError, match="term_features: names a term twice"):
         dataclasses.replace(config, term_features=("downtime", "downtime"))
+
+
+def with_planner(name: str, window_slots: int, **changes: object) -> Scenario:
+    config = dataclasses.replace(
+        load_config(name), plan_window_slots=window_slots, **changes
+    )
+    return Scenario(config)
+
+
+def test_one_slot_plan_regret_is_the_slot_cost_over_the_cheapest() -> None:
+    scenario = with_planner("city-grid", 1)
+    core = FleetCore(scenario, 30, False, "candidates")
+    core.reset(episode_key(4))
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        core.step(random_actions(rng, core.mask))
+    observation = core.observe()
+    backend, tables = core.backend, cost_tables(scenario)
+    here = backend.site[:, None]
+    cost = (
+        tables.placement[backend.cls[:, None], backend.access[:, None], core.sites]
+        + tables.move[backend.cls[:, None], here, core.sites]
+    )
+    cost = np.where(core.mask, cost, np.inf)
+    regret = np.where(core.mask, cost - cost.min(axis=1, keepdims=True), 0.0)
+
+    layout = core.layout
+    np.testing.assert_allclose(
+        layout.feature(observation, "plan_regret"), regret, atol=1e-5
+    )
+    best = layout.feature(observation, "plan_best")
+    assert (best[np.arange(30), cost.argmin(axis=1)] == 1.0).all()
+    assert not best[~core.mask].any()
+
+
+def test_plan_features_come_last_and_leave_the_others_unchanged() -> None:
+    plain = FleetCore(with_motion("city-grid", (2,)), 10, False, "candidates")
+    config = dataclasses.replace(
+        load_config("city-grid"), motion_horizons_slots=(2,), plan_window_slots=6
+    )
+    planning = FleetCore(Scenario(config), 10, False, "candidates")
+    a, b = plain.reset(episode_key(3)), planning.reset(episode_key(3))
+    for name in plain.layout.features:
+        np.testing.assert_array_equal(
+            plain.layout.feature(a, name), planning.layout.feature(b, name)
+        )
+    assert planning.layout.features[-2:] == ("plan_regret", "plan_best")
+    assert (planning.layout.feature(b, "plan_best").sum(axis=1) >= 1).all()
+
+
+def test_plan_features_are_the_same_for_the_same_state() -> None:
+    scenario = with_planner("city-grid", 8, plan_futures=16)
+    first, second = (FleetCore(scenario, 12, False, "candidates") for _ in "ab")
+    a, b = first.reset(episode_key(9)), second.reset(episode_key(9))
+    for _ in range(4):
+        actions = first.layout.feature(a, "plan_best").argmax(axis=1)
+        first.step(actions)
+        second.step(actions)
+        a, b = first.observe(), second.observe()
+    np.testing.assert_array_equal(a, b)
+    assert first.backend.slot == 4
+
+
+def test_planner_needs_random_waypoint_users() -> None:
+    config = dataclasses.replace(load_config("wang-1d"), plan_window_slots=5)
+    with pytest.raises(
+        ConfigError,
+        match="plan_window_slots: the planner draws futures of random-waypoint "
+        "users; 'random-walk' cannot be drawn forward",
+    ):
+        Scenario(config)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("plan_window_slots", -1), ("plan_futures", 0)]
+)
+def test_planner_settings_must_be_in_range(field: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=f"{field}: must be >= "):
+        dataclasses.replace(load_config("city-grid"), **{field: value})
