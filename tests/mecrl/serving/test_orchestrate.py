@@ -138,15 +138,23 @@ def report_of(scenario: Scenario, seed: int, n_services: int) -> dict[str, objec
     return report(backend, [f"svc-{n}" for n in range(n_services)])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(
+    scope="module",
+    params=[{}, {"plan_window_slots": 4, "plan_futures": 8}],
+    ids=["projected", "planned"],
+)
 def moving(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     city_scenario: Path,
     train_tiny: Callable[[Path, Path, str], Path],
 ) -> tuple[Path, Path]:
-    """A tiny run on city-short projecting users 1 and 3 slots on, and its bundle."""
+    """A tiny run on city-short projecting users 1 and 3 slots on, and its
+    bundle; with the planner over drawn futures too, in the second case."""
     config = yaml.safe_load(city_scenario.read_text())
-    config.update(name="city-short-motion", motion_horizons_slots=[1, 3])
+    config.update(
+        name="city-short-motion", motion_horizons_slots=[1, 3], **request.param
+    )
     root = tmp_path_factory.mktemp("motion")
     scenario = root / "city-short-motion.yaml"
     scenario.write_text(yaml.safe_dump(config))
