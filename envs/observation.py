@@ -23,7 +23,7 @@ from functools import cached_property
 import numpy as np
 from scipy.spatial import cKDTree
 
-from mecrl.backend import Backend
+from mecrl.backend import Backend, UserMotion
 from mecrl.planning import FuturePlanner
 from mecrl.problem import cost_tables, move_terms, placement_terms
 from mecrl.scenario import Scenario
@@ -382,12 +382,7 @@ class CandidateView:
         observation: np.ndarray,
     ) -> None:
         """Write the projected-motion features of allowed candidates."""
-        motion = backend.motion
-        if motion is None:
-            raise ValueError(
-                f"scenario {self.scenario.config.name!r} projects users' motion, "
-                f"but the {type(backend).__name__} records no positions"
-            )
+        motion = self._motion(backend)
         s = self.scenario
         horizons = self.layout.horizons_slots
         # (N, W, 2) positions at every horizon, each mapped to its access site
@@ -410,12 +405,7 @@ class CandidateView:
         observation: np.ndarray,
     ) -> None:
         """Write the planner's verdict on every allowed candidate."""
-        motion = backend.motion
-        if motion is None:
-            raise ValueError(
-                f"scenario {self.scenario.config.name!r} plans over drawn "
-                f"futures, but the {type(backend).__name__} records no positions"
-            )
+        motion = self._motion(backend)
         costs = self._planner.first_step_costs(
             backend.cls,
             backend.access,
@@ -430,6 +420,15 @@ class CandidateView:
         first = self.layout.features.index(PLAN_FEATURES[0])
         table[..., first] = np.where(mask, np.minimum(regret, FEATURE_CAP), 0.0)
         table[..., first + 1] = mask & (regret == 0.0)
+
+    def _motion(self, backend: Backend) -> UserMotion:
+        """Return the users' motion, which the scenario's features read."""
+        if backend.motion is None:
+            raise ValueError(
+                f"scenario {self.scenario.config.name!r} reads users' motion, "
+                f"but the {type(backend).__name__} records no positions"
+            )
+        return backend.motion
 
     @cached_property
     def _planner(self) -> FuturePlanner:

@@ -24,7 +24,7 @@ from mecrl.costs import TERM_NAMES
 from mecrl.envs.fleet import FleetCore
 from mecrl.envs.observation import ObservationLayout
 from mecrl.mobility import RandomWaypoint
-from mecrl.planning import mean_placement_costs
+from mecrl.planning import drawable_mobility, mean_placement_costs
 from mecrl.problem import cost_tables
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario
@@ -314,13 +314,7 @@ def _episode_positions(
     scenario: Scenario, seed: int, n_services: int
 ) -> tuple[RandomWaypoint, np.ndarray]:
     """Return the episode's mobility source and (T, N, 2) user positions."""
-    mobility = scenario.make_mobility()
-    if not isinstance(mobility, RandomWaypoint):
-        raise ValueError(
-            f"the model-predictive planner draws futures of random-waypoint "
-            f"users; scenario {scenario.config.name!r} uses "
-            f"{scenario.config.mobility.kind!r}"
-        )
+    mobility = drawable_mobility(scenario)
     mobility.reset(episode_key(seed), np.arange(n_services))
     positions_m = [mobility.positions_m]
     for _ in range(1, scenario.config.episode_slots):

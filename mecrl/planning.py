@@ -88,6 +88,22 @@ def first_step_costs(
     return move_cost[np.arange(n), current] + slot_cost + to_go
 
 
+def drawable_mobility(scenario: Scenario) -> RandomWaypoint:
+    """Return a fresh mobility source of ``scenario`` that can draw futures.
+
+    Raises:
+        ValueError: If the scenario's users move by another model.
+    """
+    mobility = scenario.make_mobility()
+    if not isinstance(mobility, RandomWaypoint):
+        raise ValueError(
+            f"the model-predictive planner draws futures of random-waypoint "
+            f"users; scenario {scenario.config.name!r} uses "
+            f"{scenario.config.mobility.kind!r}"
+        )
+    return mobility
+
+
 class FuturePlanner:
     """Plans each service's next slots over futures of its user.
 
@@ -107,15 +123,8 @@ class FuturePlanner:
                 f"window_slots and n_futures must be >= 1, got {window_slots} "
                 f"and {n_futures}"
             )
-        mobility = scenario.make_mobility()
-        if not isinstance(mobility, RandomWaypoint):
-            raise ValueError(
-                f"planning over drawn futures needs random-waypoint users; "
-                f"scenario {scenario.config.name!r} uses "
-                f"{scenario.config.mobility.kind!r}"
-            )
         self.scenario = scenario
-        self.mobility = mobility
+        self.mobility = drawable_mobility(scenario)
         self.window_slots = window_slots
         self.n_futures = n_futures
         self.tables = cost_tables(scenario)
