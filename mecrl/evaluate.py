@@ -23,8 +23,7 @@ from mecrl.backend import SimBackend, SlotResult
 from mecrl.costs import TERM_NAMES
 from mecrl.envs.fleet import FleetCore
 from mecrl.envs.observation import ObservationLayout
-from mecrl.mobility import RandomWaypoint
-from mecrl.planning import drawable_mobility, mean_placement_costs
+from mecrl.planning import FuturePlanner, drawable_mobility
 from mecrl.problem import cost_tables
 from mecrl.rng import derive_key
 from mecrl.scenario import Scenario
@@ -255,9 +254,6 @@ def run_lookahead(
 PREDICTIVE_SAMPLES = 64
 """Futures the model-predictive planner draws per service and slot."""
 
-_PREDICTIVE_DOMAIN = 0x9E3779B9
-"""Mixed into the episode key to seed the planner's draws."""
-
 
 def run_predictive(
     scenario: Scenario,
@@ -268,59 +264,48 @@ def run_predictive(
 ) -> PolicyOutcome:
     """Run the planner that knows the mobility model (a yardstick, not a policy).
 
-    Every slot it draws ``n_samples`` futures of each user from its position
-    and velocity (see :meth:`mecrl.mobility.RandomWaypoint.sample_access`),
-    plans the ``window`` slots from this one at their mean cost, and takes
-    the plan's first step. It knows no more than an online policy told the
-    model and the users' positions could, so it estimates what the best such
-    policy costs; planning at mean costs, it never plans on learning more
-    later, so the best online cost may still lie somewhat below it.
+    Every slot it moves each service to the first step of the cheapest plan
+    of :class:`mecrl.planning.FuturePlanner`, the planner whose verdict an
+    observation can carry: ``window`` slots from this one, at the mean cost
+    of ``n_samples`` futures drawn from each user's position and velocity.
+    It knows no more than an online policy told the model and the users'
+    positions could, so it estimates what the best such policy costs;
+    planning at mean costs, it never plans on learning more later, so the
+    best online cost may still lie somewhat below it.
 
     Raises:
         ValueError: If ``window`` < 1, or the scenario's mobility source
             cannot draw futures.
     """
-    if window < 1:
-        raise ValueError(f"window: must be >= 1 slot, got {window}")
+    planner = FuturePlanner(scenario, window, n_samples)
     problems = episode_problems(scenario, seed, n_services)
-    mobility, positions_m = _episode_positions(scenario, seed, n_services)
-    tables = cost_tables(scenario)
-    # its own stream: the draws must not shift the episode's users
-    rng = np.random.default_rng([episode_key(seed), _PREDICTIVE_DOMAIN])
+    positions_m = _episode_positions(scenario, seed, n_services)
     slots, slot_s = problems.access.shape[1], scenario.config.slot_s
     sites = np.empty(problems.access.shape, dtype=np.int64)
-    current = problems.initial_site.copy()
+    current = problems.initial_site
     for t in range(slots):
-        # this slot's costs are known; those of the slots after it are means
-        # over the drawn futures
-        ahead = min(window, slots - t) - 1
         velocity_mps = (positions_m[t] - positions_m[max(t - 1, 0)]) / slot_s
-        futures = mobility.sample_access(
-            positions_m[t], velocity_mps, ahead, n_samples, rng
+        costs = planner.first_step_costs(
+            problems.cls,
+            problems.access[:, t],
+            current,
+            t,
+            positions_m[t],
+            velocity_mps,
         )
-        expected = mean_placement_costs(tables.placement, problems.cls, futures)
-        cost = np.concatenate([problems.slot_cost[:, t, None], expected], axis=1)
-        for c in np.unique(problems.cls):
-            members = np.flatnonzero(problems.cls == c)
-            plan = hindsight_optimum(
-                cost[members], problems.migration_cost[c], current[members]
-            )
-            current[members] = plan.sites[:, 0]
-        sites[:, t] = current
+        current = sites[:, t] = costs.argmin(axis=1)
     return _replay(scenario, seed, sites)
 
 
-def _episode_positions(
-    scenario: Scenario, seed: int, n_services: int
-) -> tuple[RandomWaypoint, np.ndarray]:
-    """Return the episode's mobility source and (T, N, 2) user positions."""
+def _episode_positions(scenario: Scenario, seed: int, n_services: int) -> np.ndarray:
+    """Return the episode's (T, N, 2) user positions."""
     mobility = drawable_mobility(scenario)
     mobility.reset(episode_key(seed), np.arange(n_services))
     positions_m = [mobility.positions_m]
     for _ in range(1, scenario.config.episode_slots):
         mobility.advance()
         positions_m.append(mobility.positions_m)
-    return mobility, np.stack(positions_m)
+    return np.stack(positions_m)
 
 
 def _replay(scenario: Scenario, seed: int, sites: np.ndarray) -> PolicyOutcome:
